@@ -1,0 +1,270 @@
+"""Connectors, their templates and the history of their configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
+
+from . import schema
+from .secrets import (
+    MASK,
+    decrypt_secrets,
+    encrypt_secrets,
+    mask_secrets,
+    merge_secrets,
+    split_secrets,
+)
+
+
+class MissingSecretError(ValueError):
+    """A config keeps a masked secret that the connector does not have stored."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f'{path} is "{MASK}" but no secret is stored for it yet: enter the real value.'
+        )
+
+
+class ConnectorKind(models.TextChoices):
+    SMTP = "smtp", "SMTP"
+    HTTP = "http", "HTTP email"
+
+
+class UsageType(models.TextChoices):
+    REGISTER = "Register"
+    SIGN_IN = "SignIn"
+    FORGOT_PASSWORD = "ForgotPassword"
+    GENERIC = "Generic"
+    ORGANIZATION_INVITATION = "OrganizationInvitation"
+    USER_PERMISSION_VALIDATION = "UserPermissionValidation"
+    BIND_NEW_IDENTIFIER = "BindNewIdentifier"
+    MFA_VERIFICATION = "MfaVerification"
+    BIND_MFA = "BindMfa"
+
+    @classmethod
+    def parse(cls, value: str) -> UsageType:
+        """Return the usage type named by value, reading the legacy `Test` as Generic."""
+        return cls.GENERIC if value == "Test" else cls(value)
+
+
+class ContentType(models.TextChoices):
+    PLAIN = "text/plain"
+    HTML = "text/html"
+
+
+class ConnectorQuerySet(models.QuerySet["Connector"]):
+    def default(self) -> Connector | None:
+        """Return the default connector, if any connector exists."""
+        return self.filter(is_default=True).first()
+
+    def promote_default(self) -> None:
+        """Make a connector the default when none is (enabled ones first, then the oldest)."""
+        with transaction.atomic():
+            if self.filter(is_default=True).exists():
+                return
+            successor = self.order_by("-enabled", "created_at", "pk").first()
+            if successor is not None:
+                self.filter(pk=successor.pk).update(is_default=True)
+
+
+class Connector(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True, help_text="How applications pick it.")
+    kind = models.CharField(max_length=10, choices=ConnectorKind.choices)
+    settings = models.JSONField(
+        default=dict, blank=True, help_text="The config without its secrets and templates."
+    )
+    secrets = models.TextField(blank=True, default="", help_text="Fernet token; never shown.")
+    secret_paths_stored = models.JSONField(
+        default=list, blank=True, editable=False, help_text="Which secrets are set (names only)."
+    )
+    enabled = models.BooleanField(default=True)
+    is_default = models.BooleanField(default=False, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    objects = ConnectorQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"],
+                condition=models.Q(is_default=True),
+                name="connectors_single_default",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.slug})"
+
+    def __repr__(self) -> str:
+        # The default repr is fine too, but this one is sure never to grow a secret.
+        return f"<Connector {self.slug!r} kind={self.kind!r}>"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        with transaction.atomic():
+            if self._state.adding and not Connector.objects.filter(is_default=True).exists():
+                self.is_default = True
+            super().save(*args, **kwargs)
+
+    @transaction.atomic
+    def set_default(self) -> None:
+        """Make this the one default connector."""
+        Connector.objects.filter(is_default=True).exclude(pk=self.pk).update(is_default=False)
+        Connector.objects.filter(pk=self.pk).update(is_default=True)
+        self.is_default = True
+
+    @property
+    def secret_paths(self) -> tuple[str, ...]:
+        return schema.SECRET_PATHS[self.kind]
+
+    def secret_values(self) -> dict[str, Any]:
+        """Return the decrypted secrets, keyed by path (raises DecryptionError)."""
+        return decrypt_secrets(self.secrets)
+
+    def config(self, *, reveal: bool = False) -> dict[str, Any]:
+        """Return the connector's Logto-format config; secrets masked unless reveal is set."""
+        if reveal:
+            public = merge_secrets(self.settings, self.secret_values())
+        else:
+            # Masking needs no key: a placeholder for every secret that is stored.
+            public = merge_secrets(self.settings, dict.fromkeys(self.secret_paths_stored, MASK))
+        public["templates"] = [t.as_config() for t in self.templates.all()]
+        normalised = schema.validate_config_data(self.kind, public)
+        # Re-normalising restores the canonical key order that PostgreSQL's jsonb does not keep.
+        return normalised.data if normalised.data is not None else public
+
+    def masked_config(self) -> dict[str, Any]:
+        """Return the config as shown anywhere: every secret masked."""
+        return self.config()
+
+    def resolve_masks(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Return data with every masked secret replaced by the stored one."""
+        stored = self.secret_values() if self.pk else {}
+        public, submitted = split_secrets(data, self.secret_paths)
+        for path, value in submitted.items():
+            if value == MASK:
+                if path not in stored:
+                    raise MissingSecretError(path)
+                submitted[path] = stored[path]
+        return merge_secrets(public, submitted)
+
+    @transaction.atomic
+    def apply_config(self, data: dict[str, Any], *, user: Any = None, note: str = "") -> None:
+        """Store a validated config: settings, encrypted secrets, templates and a revision."""
+        data = self.resolve_masks(data)
+        public, secret_values = split_secrets(data, self.secret_paths)
+        secret_values = {k: v for k, v in secret_values.items() if v not in (None, "")}
+        templates = public.pop("templates", []) or []
+        self.settings = public
+        self.secret_paths_stored = sorted(secret_values)
+        self.secrets = encrypt_secrets(secret_values)
+        self.updated_by = user if getattr(user, "pk", None) else None
+        self.save()
+        self._replace_templates(templates)
+        ConnectorRevision.objects.create(
+            connector=self,
+            number=self.revisions.count() + 1,
+            config=mask_secrets(data, self.secret_paths),
+            created_by=self.updated_by,
+            note=note,
+        )
+
+    def _replace_templates(self, templates: list[dict[str, Any]]) -> None:
+        keep = []
+        for position, item in enumerate(templates):
+            template, _ = Template.objects.update_or_create(
+                connector=self,
+                usage_type=UsageType.parse(item["usageType"]),
+                locale=item.get("locale") or "",
+                defaults={
+                    "subject": item["subject"],
+                    "content": item["content"],
+                    "content_type": item["contentType"],
+                    "reply_to": item.get("replyTo") or "",
+                    "send_from": item.get("sendFrom") or "",
+                    "position": position,
+                },
+            )
+            keep.append(template.pk)
+        self.templates.exclude(pk__in=keep).delete()
+
+
+@receiver(post_delete, sender=Connector)
+def _keep_a_default(sender: type[Connector], instance: Connector, **kwargs: Any) -> None:
+    if instance.is_default:
+        transaction.on_commit(Connector.objects.promote_default)
+
+
+class Template(models.Model):
+    connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="templates")
+    usage_type = models.CharField(max_length=40, choices=UsageType.choices)
+    locale = models.CharField(
+        max_length=35, blank=True, default="", help_text='BCP 47 tag such as "fr-CA"; blank = default.'
+    )
+    subject = models.CharField(max_length=998)
+    content = models.TextField()
+    content_type = models.CharField(
+        max_length=20, choices=ContentType.choices, default=ContentType.PLAIN
+    )
+    reply_to = models.CharField(max_length=320, blank=True, default="")
+    send_from = models.CharField(max_length=320, blank=True, default="")
+    position = models.PositiveIntegerField(default=0, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["position", "pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connector", "usage_type", "locale"], name="connectors_template_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.usage_type} ({self.locale or 'default'})"
+
+    def as_config(self) -> dict[str, Any]:
+        """Return the template as an item of a Logto config's `templates`."""
+        item: dict[str, Any] = {
+            "usageType": self.usage_type,
+            "contentType": self.content_type,
+            "subject": self.subject,
+            "content": self.content,
+        }
+        for key, value in (
+            ("replyTo", self.reply_to),
+            ("sendFrom", self.send_from),
+            ("locale", self.locale),
+        ):
+            if value:
+                item[key] = value
+        return item
+
+
+class ConnectorRevision(models.Model):
+    connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveIntegerField()
+    config = models.JSONField(help_text="The saved config, secrets masked.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    note = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        ordering = ["connector", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["connector", "number"], name="connectors_revision_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connector.slug} r{self.number}"

@@ -1,0 +1,42 @@
+"""System checks flag unsafe production settings, with ids."""
+
+from __future__ import annotations
+
+from connectors.checks import check_deployment, check_keys
+
+
+def ids(messages) -> set[str]:
+    return {m.id for m in messages}
+
+
+def test_development_keys_are_flagged(settings):
+    settings.USING_DEVELOPMENT_ENCRYPTION_KEY = True
+    settings.USING_DEVELOPMENT_SECRET_KEY = True
+    assert {"connectors.W002", "connectors.W003"} <= ids(check_keys())
+
+
+def test_configured_keys_are_not_flagged(settings):
+    settings.USING_DEVELOPMENT_ENCRYPTION_KEY = False
+    settings.USING_DEVELOPMENT_SECRET_KEY = False
+    assert ids(check_keys()) == set()
+
+
+def test_a_malformed_encryption_key_is_an_error(settings):
+    settings.CONNECTOR_ENCRYPTION_KEYS = ["short"]
+    assert "connectors.E001" in ids(check_keys())
+
+
+def test_debug_and_plain_http_are_flagged_for_deployment(settings):
+    settings.DEBUG = True
+    settings.SECURE_SSL_REDIRECT = False
+    settings.ALLOWED_HOSTS = ["*"]
+    assert {"connectors.W001", "connectors.W004", "connectors.W005"} <= ids(check_deployment())
+
+
+def test_a_hardened_deployment_passes(settings):
+    settings.DEBUG = False
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SESSION_COOKIE_SECURE = True
+    settings.CSRF_COOKIE_SECURE = True
+    settings.ALLOWED_HOSTS = ["console.example.test"]
+    assert ids(check_deployment()) == set()
