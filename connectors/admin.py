@@ -49,6 +49,7 @@ class ConnectorForm(forms.ModelForm):
                 self.add_error("config", [str(e) for e in result.errors])
             else:
                 self.validated = result.data
+                self.instance.kind = kind  # the form copies it onto the instance only after clean()
                 try:
                     self.instance.resolve_masks(dict(result.data or {}))
                 except MissingSecretError as exc:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from django.conf import settings
+from django.conf import settings as conf
 from django.db import models, transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
+from django.utils import timezone
 
 from . import schema
 from .secrets import (
@@ -88,7 +90,7 @@ class Connector(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     updated_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        conf.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
 
     objects = ConnectorQuerySet.as_manager()
@@ -255,7 +257,7 @@ class ConnectorRevision(models.Model):
     number = models.PositiveIntegerField()
     config = models.JSONField(help_text="The saved config, secrets masked.")
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        conf.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
     note = models.CharField(max_length=200, blank=True, default="")
@@ -268,3 +270,114 @@ class ConnectorRevision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.connector.slug} r{self.number}"
+
+
+class DeliveryStatus(models.TextChoices):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class DeliverySource(models.TextChoices):
+    PYTHON = "python", "Python API"
+    MAIL = "mail", "Django mail backend"
+    API = "api", "HTTP API"
+    TEST = "test", "Send test"
+
+
+class DeliveryQuerySet(models.QuerySet["Delivery"]):
+    def due(self, now: Any) -> DeliveryQuerySet:
+        """Return deliveries ready for an attempt: queued and due, or sending with a lapsed lease."""
+        return self.filter(
+            models.Q(status=DeliveryStatus.QUEUED, next_attempt_at__lte=now)
+            | models.Q(status=DeliveryStatus.SENDING, lease_expires_at__lt=now)
+        )
+
+    def pending(self) -> DeliveryQuerySet:
+        return self.filter(status__in=[DeliveryStatus.QUEUED, DeliveryStatus.SENDING])
+
+
+class Delivery(models.Model):
+    """One message accepted for sending: the outbox row while pending, the log entry after."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    connector = models.ForeignKey(
+        Connector, null=True, on_delete=models.SET_NULL, related_name="deliveries"
+    )
+    connector_slug = models.CharField(max_length=100, help_text="Kept when the connector goes.")
+    to = models.CharField(max_length=320)
+    usage_type = models.CharField(max_length=40, choices=UsageType.choices)
+    locale = models.CharField(max_length=35, blank=True, default="")
+    payload = models.JSONField(default=dict, blank=True, help_text="One-time values redacted.")
+    sealed = models.TextField(
+        blank=True, default="", help_text="Encrypted full payload while pending; empty after."
+    )
+    status = models.CharField(
+        max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.QUEUED
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=64, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=200, blank=True, default="")
+    source = models.CharField(max_length=10, choices=DeliverySource.choices)
+    source_detail = models.CharField(max_length=200, blank=True, default="")
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    hint = models.TextField(blank=True, default="")
+    error_code = models.IntegerField(null=True, blank=True)
+    server_reply = models.TextField(blank=True, default="")
+    message_id = models.CharField(max_length=300, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = DeliveryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "deliveries"
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="delivery_due"),
+            models.Index(fields=["to", "created_at"], name="delivery_recipient"),
+        ]
+        constraints = [
+            # Two concurrent requests with one key cannot both insert; see Delivery.objects.
+            models.UniqueConstraint(
+                fields=["connector_slug", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="delivery_idempotency_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.usage_type} to {self.to} ({self.status})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in (DeliveryStatus.SENT, DeliveryStatus.FAILED)
+
+
+class DeliveryAttempt(models.Model):
+    class Outcome(models.TextChoices):
+        SENT = "sent"
+        RETRY = "retry", "transient failure"
+        FAILED = "failed", "permanent failure"
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    elapsed_ms = models.PositiveIntegerField(default=0)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    error = models.TextField(blank=True, default="")
+    hint = models.TextField(blank=True, default="")
+    code = models.IntegerField(null=True, blank=True)
+    server_reply = models.TextField(blank=True, default="")
+    worker = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        ordering = ["delivery", "number"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number}: {self.outcome}"

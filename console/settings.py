@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_tasks_db",
     "connectors",
 ]
 
@@ -121,6 +122,27 @@ CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
 if env.bool("BEHIND_HTTPS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Background work. The default runs each delivery in-process right after its transaction commits
+# (nothing else to start); production sets TASKS_BACKEND=django_tasks_db.DatabaseBackend and runs
+# `python manage.py db_worker` on one or more machines.
+TASKS = {
+    "default": {
+        "BACKEND": env.str("TASKS_BACKEND", default="django.tasks.backends.immediate.ImmediateBackend"),
+    }
+}
+
+# Delivery: retries of transient failures, leases, the per-recipient rate limit.
+CONNECTORS_MAX_ATTEMPTS = env.int("CONNECTORS_MAX_ATTEMPTS", default=8)
+CONNECTORS_MAX_AGE = env.int("CONNECTORS_MAX_AGE", default=3600)  # seconds
+CONNECTORS_RETRY_BASE_DELAY = env.float("CONNECTORS_RETRY_BASE_DELAY", default=5.0)  # seconds
+CONNECTORS_RETRY_MAX_DELAY = env.float("CONNECTORS_RETRY_MAX_DELAY", default=600.0)  # seconds
+CONNECTORS_LEASE_SECONDS = env.int("CONNECTORS_LEASE_SECONDS", default=300)
+CONNECTORS_RECIPIENT_RATE_LIMIT = (
+    env.int("CONNECTORS_RECIPIENT_RATE_LIMIT", default=10),  # messages (0 = no limit) ...
+    env.int("CONNECTORS_RECIPIENT_RATE_WINDOW", default=600),  # ... per this many seconds
+)
+CONNECTORS_HTTP_ALLOW_PRIVATE = env.bool("CONNECTORS_HTTP_ALLOW_PRIVATE", default=DEBUG)
 
 LOGGING = {
     "version": 1,

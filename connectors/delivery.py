@@ -1,0 +1,291 @@
+"""The delivery state machine: claiming with leases, attempts, retries with back-off, recovery.
+
+A Delivery row is the outbox. Whoever runs `process()` (the in-process runner right after commit,
+or a task worker) first *claims* the row with a lease, then sends, then records the outcome only
+if it still holds the lease. So:
+
+1. two workers never send one delivery at once (the claim is one conditional UPDATE);
+2. a worker that dies mid-send strands nothing: its lease lapses and `recover()` or any worker
+   claims the row again (the one window for a second copy: the server accepted the message and
+   the worker died before marking the row sent);
+3. transient failures go back to `queued` with a later `next_attempt_at`; permanent ones, or
+   retries past the configured attempts or age, end in `failed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .models import Connector, Delivery, DeliveryAttempt, DeliveryStatus
+from .rendering import RenderedMessage, RenderError, choose_template, render_message
+from .secrets import DecryptionError, decrypt_secrets
+from .transports import get_transport
+from .transports.base import Transport, TransportError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    max_age: timedelta
+    base_delay: float
+    max_delay: float
+    lease: timedelta
+
+    @classmethod
+    def from_settings(cls) -> RetryPolicy:
+        """Return the policy the CONNECTORS_* settings describe."""
+        return cls(
+            max_attempts=getattr(settings, "CONNECTORS_MAX_ATTEMPTS", 8),
+            max_age=timedelta(seconds=getattr(settings, "CONNECTORS_MAX_AGE", 3600)),
+            base_delay=getattr(settings, "CONNECTORS_RETRY_BASE_DELAY", 5.0),
+            max_delay=getattr(settings, "CONNECTORS_RETRY_MAX_DELAY", 600.0),
+            lease=timedelta(seconds=getattr(settings, "CONNECTORS_LEASE_SECONDS", 300)),
+        )
+
+    def delay(self, attempt: int) -> float:
+        """Return the wait before the next attempt: exponential, capped, with full jitter."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not cryptography)
+
+
+def worker_name() -> str:
+    """Return a name for this process and thread, shown in the log and held in leases."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Connection reuse: one open transport per connector and config version, per thread.
+
+_local = threading.local()
+IDLE_SECONDS = 30.0
+
+
+def _transports() -> dict[tuple[int, str], tuple[Transport, float]]:
+    if not hasattr(_local, "transports"):
+        _local.transports = {}
+    return _local.transports
+
+
+def transport_for(connector: Connector, config: dict[str, Any]) -> Transport:
+    """Return this thread's open transport for the connector's current config."""
+    pool = _transports()
+    now = time.monotonic()
+    for key, (transport, last_used) in list(pool.items()):
+        stale = key[0] == connector.pk and key[1] != connector.updated_at.isoformat()
+        if stale or now - last_used > IDLE_SECONDS:
+            close_quietly(transport)
+            del pool[key]
+    key = (connector.pk, connector.updated_at.isoformat())
+    transport = pool[key][0] if key in pool else get_transport(connector.kind, config)
+    pool[key] = (transport, now)
+    return transport
+
+
+def close_transports() -> None:
+    """Close every transport this thread holds open."""
+    pool = _transports()
+    for transport, _ in pool.values():
+        close_quietly(transport)
+    pool.clear()
+
+
+def close_quietly(transport: Transport) -> None:
+    try:
+        transport.close()
+    except Exception:  # noqa: BLE001 (closing a broken connection may fail; it is gone either way)
+        logger.debug("closing a transport failed", exc_info=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Claim, send, record.
+
+
+def claim(delivery_id: Any, worker: str, policy: RetryPolicy) -> tuple[Delivery, str] | None:
+    """Take the lease on a due delivery; return it with the lease token, or None."""
+    now = timezone.now()
+    token = f"{worker}:{uuid.uuid4().hex[:8]}"[-64:]
+    claimed = (
+        Delivery.objects.due(now)
+        .filter(pk=delivery_id)
+        .update(
+            status=DeliveryStatus.SENDING,
+            lease_owner=token,
+            lease_expires_at=now + policy.lease,
+            attempts=F("attempts") + 1,
+        )
+    )
+    if not claimed:
+        return None
+    return Delivery.objects.select_related("connector").get(pk=delivery_id), token
+
+
+def process(delivery_id: Any, *, policy: RetryPolicy | None = None) -> Delivery | None:
+    """Make one attempt at a delivery if it is due; return it, or None if another has it."""
+    policy = policy or RetryPolicy.from_settings()
+    worker = worker_name()
+    claimed = claim(delivery_id, worker, policy)
+    if claimed is None:
+        return None
+    delivery, token = claimed
+    started = timezone.now()
+    clock = time.monotonic()
+    try:
+        result = attempt(delivery)
+    except TransportError as exc:
+        outcome = failure_outcome(delivery, exc.permanent, policy)
+        record(delivery, token, started, clock, worker, outcome, policy,
+               error=str(exc), hint=exc.hint, code=exc.code, reply=exc.server_text)
+    except (RenderError, DecryptionError, ConfigurationError) as exc:
+        record(delivery, token, started, clock, worker, DeliveryAttempt.Outcome.FAILED, policy,
+               error=str(exc), hint=getattr(exc, "hint", ""))
+    else:
+        record(delivery, token, started, clock, worker, DeliveryAttempt.Outcome.SENT, policy,
+               reply=result.server_reply, message_id=result.message_id)
+    delivery.refresh_from_db()
+    return delivery
+
+
+class ConfigurationError(Exception):
+    """The delivery's connector is gone, disabled or unusable."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def attempt(delivery: Delivery) -> Any:
+    """Render the delivery's message and hand it to its connector's transport."""
+    connector = delivery.connector
+    if connector is None:
+        raise ConfigurationError(
+            f"Connector {delivery.connector_slug!r} was deleted before the message was sent."
+        )
+    if not connector.enabled:
+        raise ConfigurationError(
+            f"Connector {connector.slug!r} is disabled.", hint="Enable it, then retry the delivery."
+        )
+    sealed = decrypt_secrets(delivery.sealed) if delivery.sealed else {}
+    config = connector.config(reveal=True)
+    payload = sealed.get("payload", delivery.payload)
+    if "message" in sealed:
+        message = RenderedMessage(**sealed["message"])
+    elif connector.kind == "smtp" or config.get("templates"):
+        template = choose_template(config.get("templates", []), delivery.usage_type, delivery.locale)
+        message = render_message(config, template, delivery.to, payload)
+    else:
+        message = RenderedMessage(to=delivery.to, subject="", text="", html=None,
+                                  from_email="", reply_to=None, headers={})
+    transport = transport_for(connector, config)
+    try:
+        return transport.send(message, to_type=delivery.usage_type, payload=payload, ip=delivery.ip)
+    except TransportError:
+        # A failed connection is not worth keeping; the next attempt starts afresh.
+        close_quietly(transport)
+        _transports().pop((connector.pk, connector.updated_at.isoformat()), None)
+        raise
+
+
+def failure_outcome(delivery: Delivery, permanent: bool, policy: RetryPolicy) -> str:
+    """Return RETRY for a transient failure with attempts and age to spare, else FAILED."""
+    too_old = timezone.now() - delivery.created_at >= policy.max_age
+    if permanent or delivery.attempts >= policy.max_attempts or too_old:
+        return DeliveryAttempt.Outcome.FAILED
+    return DeliveryAttempt.Outcome.RETRY
+
+
+def record(delivery: Delivery, token: str, started: Any, clock: float, worker: str, outcome: str,
+           policy: RetryPolicy, *, error: str = "", hint: str = "", code: int | None = None,
+           reply: str = "", message_id: str = "") -> None:
+    """Write the attempt and the delivery's new state, if this worker still holds the lease."""
+    now = timezone.now()
+    fields: dict[str, Any] = {
+        "lease_owner": "",
+        "lease_expires_at": None,
+        "error": error,
+        "hint": hint,
+        "error_code": code,
+        "server_reply": reply,
+    }
+    if outcome == DeliveryAttempt.Outcome.RETRY:
+        delay = policy.delay(delivery.attempts)
+        fields.update(status=DeliveryStatus.QUEUED, next_attempt_at=now + timedelta(seconds=delay))
+    else:
+        # A final state: the one-time values have done their job and are scrubbed.
+        fields.update(status=DeliveryStatus.SENT if outcome == DeliveryAttempt.Outcome.SENT
+                      else DeliveryStatus.FAILED, sealed="", finished_at=now, next_attempt_at=None)
+        if outcome == DeliveryAttempt.Outcome.SENT:
+            fields.update(sent_at=now, message_id=message_id[:300])
+    with transaction.atomic():
+        updated = Delivery.objects.filter(pk=delivery.pk, lease_owner=token).update(**fields)
+        if not updated:
+            logger.warning("lost the lease on delivery %s before recording %s", delivery.pk, outcome)
+            return
+        DeliveryAttempt.objects.create(
+            delivery=delivery, number=delivery.attempts, started_at=started,
+            elapsed_ms=int((time.monotonic() - clock) * 1000), outcome=outcome, error=error,
+            hint=hint, code=code, server_reply=reply[:2000], worker=worker[:64],
+        )
+        if outcome == DeliveryAttempt.Outcome.RETRY:
+            transaction.on_commit(lambda: schedule(delivery.pk, fields["next_attempt_at"]))
+    logger.info("delivery %s: attempt %s %s%s", delivery.pk, delivery.attempts, outcome,
+                f" ({error})" if error else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scheduling through Django's task framework.
+
+
+def schedule(delivery_id: Any, when: Any = None) -> None:
+    """Ask the task backend to process the delivery now, or at `when`."""
+    from django.tasks import default_task_backend
+
+    from .tasks import deliver
+
+    if when is not None and when > timezone.now():
+        if default_task_backend.supports_defer:
+            deliver.using(run_after=when).enqueue(str(delivery_id))
+        else:
+            # No worker to defer to (the embedded default): wait in a background thread. If the
+            # process ends first, `recover()` at the next start picks the delivery up.
+            delay = (when - timezone.now()).total_seconds()
+            timer = threading.Timer(delay, deliver.enqueue, args=[str(delivery_id)])
+            timer.daemon = True
+            timer.start()
+        return
+    deliver.enqueue(str(delivery_id))
+
+
+def recover(*, now: Any = None, grace: timedelta = timedelta(seconds=60)) -> int:
+    """Requeue deliveries whose lease lapsed or whose task was lost; return how many."""
+    now = now or timezone.now()
+    lapsed = Delivery.objects.filter(status=DeliveryStatus.SENDING, lease_expires_at__lt=now)
+    lapsed_ids = set(lapsed.values_list("pk", flat=True))
+    lapsed.filter(pk__in=lapsed_ids).update(
+        status=DeliveryStatus.QUEUED, lease_owner="", lease_expires_at=None, next_attempt_at=now
+    )
+    # Queued and overdue by more than the grace period: its task was lost (a crash between commit
+    # and enqueue, or a retry timer in a process that ended). A duplicate task finds nothing to
+    # claim, so enqueueing again is always safe.
+    overdue_ids = set(
+        Delivery.objects.filter(status=DeliveryStatus.QUEUED, next_attempt_at__lt=now - grace)
+        .values_list("pk", flat=True)
+    )
+    for delivery_id in lapsed_ids | overdue_ids:
+        schedule(delivery_id)
+    return len(lapsed_ids | overdue_ids)

@@ -1,0 +1,194 @@
+"""The public Python entry points: `send_message()` and what it raises."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import EmailValidator
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .models import Connector, Delivery, DeliverySource, UsageType
+from .rendering import TemplateNotFound, choose_template
+from .secrets import encrypt_secrets
+
+__all__ = ["SendError", "send_message"]
+
+# Payload keys whose values are one-time secrets: encrypted while pending, never shown.
+ONE_TIME_KEYS = frozenset({"code", "link", "token", "password", "magicLink", "url"})
+REDACTED = "[redacted]"
+MAX_PAYLOAD_BYTES = 64 * 1024
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+validate_address = EmailValidator(message="not a valid email address")
+
+
+class SendError(ValueError):
+    """A message cannot be accepted; `code` says why, for programs, the message for people."""
+
+    def __init__(self, code: str, message: str, *, path: str = "", retry_after: int | None = None,
+                 delivery: Delivery | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.path = path
+        self.retry_after = retry_after
+        self.delivery = delivery
+
+
+def send_message(
+    to: str,
+    type: str,  # noqa: A002 (the name Logto's HTTP email connector uses)
+    payload: dict[str, Any] | None = None,
+    *,
+    connector: str | None = None,
+    locale: str | None = None,
+    ip: str | None = None,
+    idempotency_key: str | None = None,
+    source: str = DeliverySource.PYTHON,
+    source_detail: str = "",
+) -> Delivery:
+    """Accept a message for delivery and return its Delivery once it is committed."""
+    to = clean_address(to)
+    usage_type = clean_usage_type(type)
+    payload = clean_payload(payload)
+    locale = locale if locale is not None else str(payload.get("locale") or "")
+    target = pick_connector(connector)
+    if target.kind == "smtp" or target.templates.exists():
+        templates = [t.as_config() for t in target.templates.all()]
+        try:
+            choose_template(templates, usage_type, locale)
+        except TemplateNotFound as exc:
+            raise SendError("no_template", str(exc), path="type") from None
+    check_rate_limit(to)
+    key = (idempotency_key or "")[:200]
+    with transaction.atomic():
+        if key:
+            existing = idempotent_match(target, key)
+            if existing is not None:
+                return existing
+        delivery = Delivery(
+            connector=target, connector_slug=target.slug, to=to, usage_type=usage_type,
+            locale=locale or "", payload=redact(payload),
+            sealed=encrypt_secrets({"payload": payload}), source=source,
+            source_detail=source_detail[:200], ip=ip or None, idempotency_key=key,
+            next_attempt_at=timezone.now(),
+        )
+        try:
+            with transaction.atomic():
+                delivery.save(force_insert=True)
+        except IntegrityError:
+            # Another request with the same key committed first: answer with its delivery.
+            existing = idempotent_match(target, key) if key else None
+            if existing is None:
+                raise
+            return existing
+        transaction.on_commit(lambda: enqueue(delivery))
+    return delivery
+
+
+def enqueue(delivery: Delivery) -> None:
+    from .delivery import schedule
+
+    schedule(delivery.pk)
+    # With the in-process backend the attempt has already run: show its outcome to the caller.
+    delivery.refresh_from_db()
+
+
+def clean_address(to: object) -> str:
+    """Return the address, or raise SendError for anything that is not one address."""
+    if not isinstance(to, str) or not to.strip():
+        raise SendError("invalid_address", "`to` must be an email address.", path="to")
+    to = to.strip()
+    if "\r" in to or "\n" in to or len(to) > 320:
+        raise SendError("invalid_address", f"{to[:80]!r} is not a valid email address.", path="to")
+    try:
+        validate_address(to)
+    except ValidationError:
+        raise SendError("invalid_address", f"{to!r} is not a valid email address.", path="to") from None
+    return to
+
+
+def clean_usage_type(value: object) -> str:
+    """Return the usage type (the legacy `Test` read as Generic), or raise SendError."""
+    if isinstance(value, str):
+        try:
+            return UsageType.parse(value).value
+        except ValueError:
+            pass
+    names = ", ".join(UsageType.values)
+    raise SendError("invalid_usage_type", f"{value!r} is not a usage type; use one of {names}.",
+                    path="type")
+
+
+def clean_payload(payload: object) -> dict[str, Any]:
+    """Return the payload as a JSON object, or raise SendError."""
+    if payload is None:
+        return {}
+    if not isinstance(payload, dict):
+        raise SendError("invalid_payload", "`payload` must be a JSON object.", path="payload")
+    try:
+        size = len(json.dumps(payload, ensure_ascii=False).encode())
+    except (TypeError, ValueError):
+        raise SendError("invalid_payload", "`payload` holds values that are not JSON.",
+                        path="payload") from None
+    if size > MAX_PAYLOAD_BYTES:
+        raise SendError("invalid_payload", f"`payload` is {size} bytes; the limit is "
+                        f"{MAX_PAYLOAD_BYTES}.", path="payload")
+    return payload
+
+
+def redact(payload: dict[str, Any]) -> dict[str, Any]:
+    """Return the payload with its one-time values replaced, fit for the delivery log."""
+    return {
+        key: REDACTED if key in ONE_TIME_KEYS
+        else redact(value) if isinstance(value, dict) else value
+        for key, value in payload.items()
+    }
+
+
+def pick_connector(slug: str | None) -> Connector:
+    """Return the named connector, or the default one."""
+    if slug:
+        found = Connector.objects.filter(slug=slug).first()
+        if found is None:
+            raise SendError("unknown_connector", f"No connector with slug {slug!r}.", path="connector")
+    else:
+        found = Connector.objects.default()
+        if found is None:
+            raise SendError("unknown_connector", "No connector is configured yet.", path="connector")
+    if not found.enabled:
+        raise SendError("connector_disabled", f"Connector {found.slug!r} is disabled.",
+                        path="connector")
+    return found
+
+
+def check_rate_limit(to: str) -> None:
+    """Raise SendError when the recipient has had too many messages lately."""
+    limit, window = getattr(settings, "CONNECTORS_RECIPIENT_RATE_LIMIT", (10, 600))
+    if not limit:
+        return
+    since = timezone.now() - timedelta(seconds=window)
+    recent = Delivery.objects.filter(to__iexact=to, created_at__gte=since).exclude(
+        source=DeliverySource.TEST
+    )
+    if recent.count() >= limit:
+        oldest = recent.order_by("created_at").values_list("created_at", flat=True).first()
+        retry_after = max(1, int((oldest + timedelta(seconds=window) - timezone.now()).total_seconds())) if oldest else window
+        raise SendError("rate_limited", f"{to} has been sent {limit} messages in the last "
+                        f"{window // 60} minutes; try again in {retry_after} s.", path="to",
+                        retry_after=retry_after)
+
+
+def idempotent_match(connector: Connector, key: str) -> Delivery | None:
+    """Return the delivery made with this key in the last 24 hours; retire an older one."""
+    existing = Delivery.objects.filter(connector_slug=connector.slug, idempotency_key=key).first()
+    if existing is None:
+        return None
+    if timezone.now() - existing.created_at < IDEMPOTENCY_WINDOW:
+        return existing
+    Delivery.objects.filter(pk=existing.pk).update(idempotency_key="")
+    return None
+
