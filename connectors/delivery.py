@@ -30,7 +30,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .models import Connector, Delivery, DeliveryAttempt, DeliveryStatus
+from .models import Connector, Delivery, DeliveryAttempt, DeliverySource, DeliveryStatus
 from .rendering import RenderedMessage, RenderError, choose_template, render_message
 from .secrets import DecryptionError, decrypt_secrets
 from .transports import get_transport
@@ -176,7 +176,7 @@ def attempt(delivery: Delivery) -> Any:
         raise ConfigurationError(
             f"Connector {delivery.connector_slug!r} was deleted before the message was sent."
         )
-    if not connector.enabled:
+    if not connector.enabled and delivery.source != DeliverySource.TEST:
         raise ConfigurationError(
             f"Connector {connector.slug!r} is disabled.", hint="Enable it, then retry the delivery."
         )

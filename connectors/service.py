@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 from datetime import timedelta
 from typing import Any
 
@@ -13,10 +14,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .models import Connector, Delivery, DeliverySource, UsageType
-from .rendering import TemplateNotFound, choose_template
+from .rendering import RenderedMessage, TemplateNotFound, choose_template
 from .secrets import encrypt_secrets
 
-__all__ = ["SendError", "send_message"]
+__all__ = ["SendError", "queue_rendered", "send_message", "send_test"]
 
 # Payload keys whose values are one-time secrets: encrypted while pending, never shown.
 ONE_TIME_KEYS = frozenset({"code", "link", "token", "password", "magicLink", "url"})
@@ -63,6 +64,62 @@ def send_message(
         except TemplateNotFound as exc:
             raise SendError("no_template", str(exc), path="type") from None
     check_rate_limit(to)
+    return create_delivery(
+        target, to, usage_type, locale, payload, {"payload": payload}, source=source,
+        source_detail=source_detail, ip=ip, idempotency_key=idempotency_key,
+    )
+
+
+def queue_rendered(message: RenderedMessage, *, connector: str | None = None,
+                   source: str = DeliverySource.MAIL) -> Delivery:
+    """Accept a message that is already written (the mail backend's) for delivery."""
+    to = clean_address(message.to)
+    target = pick_connector(connector)
+    if target.kind != "smtp":
+        raise SendError("unsupported", f"Connector {target.slug!r} is {target.get_kind_display()}: "
+                        "written messages go through SMTP connectors only.", path="connector")
+    if not message.html and not message.text:
+        message.text = " "  # an empty body is legal mail; smtplib needs something to send
+    return create_delivery(target, to, UsageType.GENERIC, "", {}, {"message": asdict(message)},
+                           source=source)
+
+
+def send_test(to: str, type: str = UsageType.GENERIC, payload: dict[str, Any] | None = None,  # noqa: A002
+              *, connector: str, locale: str | None = None, source_detail: str = "") -> Delivery:
+    """Send one message now, in this thread, with no retry; return the finished Delivery."""
+    from .delivery import RetryPolicy, process
+
+    to = clean_address(to)
+    usage_type = clean_usage_type(type)
+    payload = clean_payload(payload) or sample_payload(locale)
+    target = pick_connector(connector, allow_disabled=True)
+    delivery = create_delivery(target, to, usage_type, locale or "", payload, {"payload": payload},
+                               source=DeliverySource.TEST, source_detail=source_detail,
+                               schedule=False)
+    finished = process(delivery.pk, policy=replace(RetryPolicy.from_settings(), max_attempts=1))
+    assert finished is not None  # nobody else knows of this delivery yet
+    return finished
+
+
+def sample_payload(locale: str | None = None) -> dict[str, Any]:
+    """Return a payload like the ones Logto sends, for tests and previews."""
+    return {
+        "code": "123456",
+        "link": "https://auth.example.com/verify?code=123456",
+        "locale": locale or "en",
+        "uiLocales": locale or "en",
+        "user": {"id": "u_1", "name": "Ada Lovelace", "primaryEmail": "ada@example.com"},
+        "application": {"id": "app_1", "name": "Connector Console"},
+        "organization": {"id": "org_1", "name": "Acme"},
+        "inviter": {"id": "u_2", "name": "Grace Hopper"},
+    }
+
+
+def create_delivery(target: Connector, to: str, usage_type: str, locale: str,
+                    payload: dict[str, Any], sealed: dict[str, Any], *, source: str,
+                    source_detail: str = "", ip: str | None = None,
+                    idempotency_key: str | None = None, schedule: bool = True) -> Delivery:
+    """Store the delivery, schedule it once committed, and return it."""
     key = (idempotency_key or "")[:200]
     with transaction.atomic():
         if key:
@@ -71,10 +128,9 @@ def send_message(
                 return existing
         delivery = Delivery(
             connector=target, connector_slug=target.slug, to=to, usage_type=usage_type,
-            locale=locale or "", payload=redact(payload),
-            sealed=encrypt_secrets({"payload": payload}), source=source,
-            source_detail=source_detail[:200], ip=ip or None, idempotency_key=key,
-            next_attempt_at=timezone.now(),
+            locale=locale or "", payload=redact(payload), sealed=encrypt_secrets(sealed),
+            source=source, source_detail=source_detail[:200], ip=ip or None,
+            idempotency_key=key, next_attempt_at=timezone.now(),
         )
         try:
             with transaction.atomic():
@@ -85,7 +141,8 @@ def send_message(
             if existing is None:
                 raise
             return existing
-        transaction.on_commit(lambda: enqueue(delivery))
+        if schedule:
+            transaction.on_commit(lambda: enqueue(delivery))
     return delivery
 
 
@@ -149,7 +206,7 @@ def redact(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def pick_connector(slug: str | None) -> Connector:
+def pick_connector(slug: str | None, *, allow_disabled: bool = False) -> Connector:
     """Return the named connector, or the default one."""
     if slug:
         found = Connector.objects.filter(slug=slug).first()
@@ -159,7 +216,7 @@ def pick_connector(slug: str | None) -> Connector:
         found = Connector.objects.default()
         if found is None:
             raise SendError("unknown_connector", "No connector is configured yet.", path="connector")
-    if not found.enabled:
+    if not found.enabled and not allow_disabled:
         raise SendError("connector_disabled", f"Connector {found.slug!r} is disabled.",
                         path="connector")
     return found

@@ -1,4 +1,4 @@
-"""`python manage.py connectors list | show | import | export | set-default | delete`."""
+"""`python manage.py connectors list | show | import | export | set-default | delete | test`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from connectors import schema
-from connectors.models import Connector, MissingSecretError
+from connectors.models import Connector, DeliveryStatus, MissingSecretError
+from connectors.service import SendError, send_test
 
 
 class Command(BaseCommand):
@@ -36,6 +37,11 @@ class Command(BaseCommand):
         default.add_argument("slug")
         delete = sub.add_parser("delete", help="Delete a connector with its templates and history.")
         delete.add_argument("slug")
+        test = sub.add_parser("test", help="Send one message now and print the outcome.")
+        test.add_argument("slug")
+        test.add_argument("--to", required=True, help="recipient address")
+        test.add_argument("--type", default="Generic", help="usage type (default Generic)")
+        test.add_argument("--locale", default=None)
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         handler = getattr(self, "handle_" + action.replace("-", "_"))
@@ -88,6 +94,23 @@ class Command(BaseCommand):
         default = Connector.objects.default()
         after = f" {default.slug} is now the default." if default else " No connectors are left."
         self.stdout.write(f"Deleted {slug}.{after}")
+
+    def handle_test(self, *, slug: str, to: str, type: str, locale: str | None,  # noqa: A002
+                    **options: Any) -> None:
+        self.connector(slug)
+        try:
+            delivery = send_test(to, type, connector=slug, locale=locale, source_detail="cli")
+        except SendError as exc:
+            raise CommandError(str(exc)) from None
+        if delivery.status == DeliveryStatus.SENT:
+            self.stdout.write(f"Sent {delivery.usage_type} to {delivery.to} through {slug}.")
+            self.stdout.write(f"  server:     {delivery.server_reply}")
+            self.stdout.write(f"  message id: {delivery.message_id}")
+            return
+        self.stderr.write(f"Failed: {delivery.error}")
+        if delivery.hint:
+            self.stderr.write(f"Hint: {delivery.hint}")
+        raise CommandError(f"The test message to {delivery.to} was not sent.")
 
     def handle_import(self, *, slug: str, file: str, kind: str | None, name: str | None,
                       **options: Any) -> None:

@@ -1,0 +1,282 @@
+"""The send service: accepted messages are delivered, retried, failed or recovered as designed."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.mail import EmailMultiAlternatives, send_mail
+from django.db import connection
+from django.utils import timezone
+from django.utils.connection import BaseConnectionHandler
+
+from connectors import schema
+from connectors.delivery import close_transports, process, recover
+from connectors.models import Delivery, DeliveryAttempt, DeliveryStatus
+from connectors.service import SendError, send_message, send_test
+
+from .conftest import REQUIRED, make_connector, templates
+from .servers import SmtpServer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def use_task_backend(settings: Any, backend: str) -> None:
+    """Switch Django's task backend (its handler caches backends and does not watch settings)."""
+    from django.tasks import task_backends
+
+    settings.TASKS = {"default": {"BACKEND": backend}}
+    task_backends.__dict__.pop("settings", None)
+    BaseConnectionHandler.__init__(task_backends)
+
+
+@pytest.fixture
+def worker_mode(settings):
+    """No in-process delivery: the test runs each attempt itself, with time under its control."""
+    use_task_backend(settings, "django.tasks.backends.dummy.DummyBackend")
+    settings.CONNECTORS_RETRY_BASE_DELAY = 30
+    yield
+    close_transports()
+
+
+@pytest.fixture
+def embedded_mode(settings):
+    use_task_backend(settings, "django.tasks.backends.immediate.ImmediateBackend")
+    yield
+    close_transports()
+
+
+@pytest.fixture
+def smtp():
+    with SmtpServer() as server:
+        yield server
+
+
+def connector_for(server: SmtpServer, slug: str = "sink", **overrides: Any):
+    config = server.config(templates=templates(*REQUIRED) + [{
+        "usageType": "SignIn", "contentType": "text/html", "locale": "fr",
+        "subject": "Connexion", "content": "<p>Code : <b>{{code}}</b> pour {{user.name}}</p>",
+    }], **overrides)
+    result = schema.validate_config_data("smtp", config)
+    assert result.ok, result.errors
+    return make_connector(slug, "smtp", result.data)
+
+
+def make_due(delivery: Delivery) -> None:
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+
+
+def test_embedded_default_delivers_right_after_commit(embedded_mode, smtp):
+    connector_for(smtp)
+    delivery = send_message("ada@example.test", "SignIn", {"code": "482913"})
+    assert delivery.status == DeliveryStatus.SENT
+    assert len(smtp.messages) == 1
+    assert "482913" in smtp.messages[0].message.get_content()
+    assert smtp.messages[0].rcpt_tos == ["ada@example.test"]
+
+
+def test_delivery_renders_the_locale_template_html_escaped(worker_mode, smtp):
+    connector_for(smtp)
+    delivery = send_message("ada@example.test", "SignIn",
+                            {"code": "111222", "user": {"name": "<script>x</script>"}},
+                            locale="fr-CA")
+    process(delivery.pk)
+    message = smtp.messages[0].message
+    assert message["Subject"] == "Connexion"
+    html = message.get_body(("html",)).get_content()
+    assert "&lt;script&gt;" in html and "<script>" not in html
+    assert message.get_body(("plain",)) is not None
+
+
+def test_one_time_values_are_encrypted_while_pending_and_scrubbed_after(worker_mode, smtp):
+    connector_for(smtp)
+    delivery = send_message("ada@example.test", "Register", {"code": "739146", "link": "https://x.test/l"})
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM connectors_delivery")
+        assert "739146" not in repr(cursor.fetchall())
+    stored = Delivery.objects.get(pk=delivery.pk)
+    assert stored.payload["code"] == "[redacted]" and stored.sealed
+    process(delivery.pk)
+    stored.refresh_from_db()
+    assert stored.status == DeliveryStatus.SENT and stored.sealed == ""
+
+
+def test_transient_failure_is_retried_then_delivered(worker_mode, smtp):
+    connector_for(smtp)
+    smtp.fail_next("RCPT", 421, "4.7.0 Try again later")
+    delivery = send_message("ada@example.test", "SignIn", {"code": "1"})
+    process(delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.QUEUED and delivery.attempts == 1
+    assert delivery.error_code == 421 and "Try again later" in delivery.error
+    assert delivery.next_attempt_at > timezone.now() + timedelta(seconds=10)  # back-off
+    assert process(delivery.pk) is None  # not due yet: nothing happens
+
+    make_due(delivery)
+    process(delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.SENT and delivery.attempts == 2
+    outcomes = list(delivery.attempt_log.values_list("outcome", flat=True))
+    assert outcomes == [DeliveryAttempt.Outcome.RETRY, DeliveryAttempt.Outcome.SENT]
+    assert len(smtp.messages) == 1
+
+
+def test_permanent_failure_fails_at_once_with_a_hint(worker_mode):
+    with SmtpServer(users={"mailer": "right"}, auth_require_tls=False) as smtp:
+        connector_for(smtp, auth={"user": "mailer", "pass": "wrong-password"})
+        delivery = send_message("ada@example.test", "SignIn", {"code": "1"})
+        process(delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 1
+    assert delivery.error_code == 535 and delivery.hint
+    assert "wrong-password" not in delivery.error + delivery.hint + delivery.server_reply
+
+
+def test_retries_stop_at_the_configured_attempts(worker_mode, settings, smtp):
+    settings.CONNECTORS_MAX_ATTEMPTS = 2
+    connector_for(smtp)
+    smtp.fail_next("MAIL", 451, "4.3.0 Busy", times=5)
+    delivery = send_message("ada@example.test", "SignIn", {"code": "1"})
+    process(delivery.pk)
+    make_due(delivery)
+    process(delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 2
+    assert smtp.messages == []
+
+
+def test_server_down_then_up_delivers_everything(worker_mode, smtp):
+    connector = connector_for(smtp)
+    port = smtp.port
+    config = connector.config(reveal=True)
+    config["port"] = 1  # nothing listens there: connection refused, a transient failure
+    connector.apply_config(config)
+    ids = [send_message(f"user{i}@example.test", "SignIn", {"code": str(i)}).pk for i in range(3)]
+    for delivery_id in ids:
+        process(delivery_id)
+    assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.QUEUED}
+
+    config["port"] = port
+    connector.apply_config(config)
+    Delivery.objects.update(next_attempt_at=timezone.now())
+    for delivery_id in ids:
+        process(delivery_id)
+    assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.SENT}
+    assert sorted(m.rcpt_tos[0] for m in smtp.messages) == [f"user{i}@example.test" for i in range(3)]
+
+
+def test_a_lapsed_lease_is_recovered_and_a_held_one_is_not(worker_mode, smtp):
+    connector_for(smtp)
+    delivery = send_message("ada@example.test", "SignIn", {"code": "1"})
+    # A worker claimed it and died: the row says sending, with a lease that runs out.
+    Delivery.objects.filter(pk=delivery.pk).update(
+        status=DeliveryStatus.SENDING, lease_owner="dead-worker",
+        lease_expires_at=timezone.now() + timedelta(minutes=5), attempts=1,
+    )
+    assert process(delivery.pk) is None  # a live lease is respected
+    assert recover() == 0
+    Delivery.objects.filter(pk=delivery.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert recover() == 1
+    process(delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.SENT and len(smtp.messages) == 1
+
+
+def test_idempotency_key_returns_the_first_delivery(worker_mode, smtp):
+    connector_for(smtp)
+    first = send_message("ada@example.test", "SignIn", {"code": "1"}, idempotency_key="k-1")
+    again = send_message("ada@example.test", "SignIn", {"code": "1"}, idempotency_key="k-1")
+    assert again.pk == first.pk and Delivery.objects.count() == 1
+    Delivery.objects.filter(pk=first.pk).update(created_at=timezone.now() - timedelta(hours=25))
+    later = send_message("ada@example.test", "SignIn", {"code": "1"}, idempotency_key="k-1")
+    assert later.pk != first.pk
+
+
+def test_recipient_rate_limit(worker_mode, settings, smtp):
+    settings.CONNECTORS_RECIPIENT_RATE_LIMIT = (3, 600)
+    connector_for(smtp)
+    for _ in range(3):
+        send_message("ada@example.test", "SignIn", {"code": "1"})
+    with pytest.raises(SendError) as caught:
+        send_message("ADA@example.test", "SignIn", {"code": "1"})
+    assert caught.value.code == "rate_limited" and caught.value.retry_after
+    send_message("grace@example.test", "SignIn", {"code": "1"})  # others are not affected
+
+
+@pytest.mark.parametrize(("to", "usage", "payload", "code"), [
+    ("not-an-address", "SignIn", None, "invalid_address"),
+    ("a@example.test\r\nBcc: x@evil.test", "SignIn", None, "invalid_address"),
+    ("a@example.test", "Nope", None, "invalid_usage_type"),
+    ("a@example.test", "SignIn", ["not", "an", "object"], "invalid_payload"),
+    ("a@example.test", "SignIn", {"big": "x" * 70000}, "invalid_payload"),
+])
+def test_bad_input_is_a_typed_error(worker_mode, smtp, to, usage, payload, code):
+    connector_for(smtp)
+    with pytest.raises(SendError) as caught:
+        send_message(to, usage, payload)
+    assert caught.value.code == code
+    assert not Delivery.objects.exists()
+
+
+def test_idn_addresses_are_accepted(worker_mode, smtp):
+    connector_for(smtp)
+    assert send_message("user@bücher.example", "SignIn", {"code": "1"}).to == "user@bücher.example"
+
+
+def test_unknown_and_disabled_connectors(worker_mode, smtp):
+    connector = connector_for(smtp)
+    with pytest.raises(SendError, match="No connector with slug 'nope'"):
+        send_message("a@example.test", "SignIn", connector="nope")
+    connector.enabled = False
+    connector.save()
+    with pytest.raises(SendError) as caught:
+        send_message("a@example.test", "SignIn")
+    assert caught.value.code == "connector_disabled"
+
+
+def test_legacy_test_type_is_generic(worker_mode, smtp):
+    connector_for(smtp)
+    assert send_message("a@example.test", "Test", {"code": "1"}).usage_type == "Generic"
+
+
+def test_send_test_is_synchronous_and_not_retried(worker_mode, smtp):
+    connector_for(smtp)
+    smtp.fail_next("RCPT", 421)
+    delivery = send_test("ada@example.test", connector="sink")
+    assert delivery.status == DeliveryStatus.FAILED and delivery.source == "test"
+    delivery = send_test("ada@example.test", connector="sink")
+    assert delivery.status == DeliveryStatus.SENT
+
+
+def test_django_mail_backend_goes_through_the_log(embedded_mode, settings, smtp):
+    connector_for(smtp)
+    settings.MAILERS = {"connectors": {"BACKEND": "connectors.mail.ConnectorEmailBackend",
+                                       "OPTIONS": {"connector": "sink"}}}
+    sent = send_mail("Hello", "Plain body", "App <app@example.test>",
+                     ["a@example.test", "b@example.test"], using="connectors")
+    assert sent == 1
+    assert Delivery.objects.filter(source="mail", status=DeliveryStatus.SENT).count() == 2
+    assert sorted(m.rcpt_tos[0] for m in smtp.messages) == ["a@example.test", "b@example.test"]
+    assert smtp.messages[0].message["Subject"] == "Hello"
+
+
+def test_django_mail_backend_sends_html_alternatives(embedded_mode, settings, smtp):
+    connector_for(smtp)
+    settings.MAILERS = {"connectors": {"BACKEND": "connectors.mail.ConnectorEmailBackend"}}
+    message = EmailMultiAlternatives("Hi", "text body", "app@example.test", ["a@example.test"])
+    message.attach_alternative("<p>html body</p>", "text/html")
+    message.send(using="connectors")
+    received = smtp.messages[0].message
+    assert received.get_body(("html",)).get_content().strip() == "<p>html body</p>"
+    assert received.get_body(("plain",)).get_content().strip() == "text body"
+
+
+def test_cli_test_command(worker_mode, smtp, capsys):
+    from django.core.management import call_command
+
+    connector_for(smtp)
+    call_command("connectors", "test", "sink", "--to", "ada@example.test")
+    assert "Sent Generic to ada@example.test" in capsys.readouterr().out
+    assert json.loads(json.dumps(Delivery.objects.get().payload))["code"] == "[redacted]"
