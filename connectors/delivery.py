@@ -34,7 +34,7 @@ from .models import Connector, Delivery, DeliveryAttempt, DeliverySource, Delive
 from .rendering import RenderedMessage, RenderError, choose_template, render_message
 from .secrets import DecryptionError, decrypt_secrets
 from .transports import get_transport
-from .transports.base import Transport, TransportError
+from .transports.base import SendResult, Transport, TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -135,30 +135,53 @@ def claim(delivery_id: Any, worker: str, policy: RetryPolicy) -> tuple[Delivery,
     return Delivery.objects.select_related("connector").get(pk=delivery_id), token
 
 
-def process(delivery_id: Any, *, policy: RetryPolicy | None = None) -> Delivery | None:
+@dataclass
+class AttemptOutcome:
+    """What one attempt did: the delivery afterwards, and the transport's full answer."""
+
+    delivery: Delivery
+    result: SendResult | None = None
+    error: Exception | None = None
+
+
+def process(delivery_id: Any, *, policy: RetryPolicy | None = None,
+            config: dict[str, Any] | None = None) -> Delivery | None:
     """Make one attempt at a delivery if it is due; return it, or None if another has it."""
+    outcome = process_with_details(delivery_id, policy=policy, config=config)
+    return outcome.delivery if outcome else None
+
+
+def process_with_details(delivery_id: Any, *, policy: RetryPolicy | None = None,
+                         config: dict[str, Any] | None = None) -> AttemptOutcome | None:
+    """Make one attempt, as process() does; keep the transport's result or error too.
+
+    `config` replaces the connector's stored config (Send test of unsaved edits); the
+    connection for it is not pooled.
+    """
     policy = policy or RetryPolicy.from_settings()
     worker = worker_name()
     claimed = claim(delivery_id, worker, policy)
     if claimed is None:
         return None
     delivery, token = claimed
-    started = timezone.now()
-    clock = time.monotonic()
+    started, clock = timezone.now(), time.monotonic()
+    details = AttemptOutcome(delivery)
     try:
-        result = attempt(delivery)
+        details.result = attempt(delivery, config)
     except TransportError as exc:
-        outcome = failure_outcome(delivery, exc.permanent, policy)
-        record(delivery, token, started, clock, worker, outcome, policy,
+        details.error = exc
+        record(delivery, token, started, clock, worker,
+               failure_outcome(delivery, exc.permanent, policy), policy,
                error=str(exc), hint=exc.hint, code=exc.code, reply=exc.server_text)
     except (RenderError, DecryptionError, ConfigurationError) as exc:
+        details.error = exc
         record(delivery, token, started, clock, worker, DeliveryAttempt.Outcome.FAILED, policy,
                error=str(exc), hint=getattr(exc, "hint", ""))
     else:
         record(delivery, token, started, clock, worker, DeliveryAttempt.Outcome.SENT, policy,
-               reply=result.server_reply, message_id=result.message_id)
+               reply=details.result.server_reply, message_id=details.result.message_id or "")
     delivery.refresh_from_db()
-    return delivery
+    return details
 
 
 class ConfigurationError(Exception):
@@ -169,28 +192,34 @@ class ConfigurationError(Exception):
         self.hint = hint
 
 
-def attempt(delivery: Delivery) -> Any:
+def attempt(delivery: Delivery, config: dict[str, Any] | None = None) -> SendResult:
     """Render the delivery's message and hand it to its connector's transport."""
     connector = delivery.connector
-    if connector is None:
-        raise ConfigurationError(
-            f"Connector {delivery.connector_slug!r} was deleted before the message was sent."
-        )
-    if not connector.enabled and delivery.source != DeliverySource.TEST:
-        raise ConfigurationError(
-            f"Connector {connector.slug!r} is disabled.", hint="Enable it, then retry the delivery."
-        )
+    if config is None:
+        if connector is None:
+            raise ConfigurationError(
+                f"Connector {delivery.connector_slug!r} was deleted before the message was sent."
+            )
+        if not connector.enabled and delivery.source != DeliverySource.TEST:
+            raise ConfigurationError(f"Connector {connector.slug!r} is disabled.",
+                                     hint="Enable it, then retry the delivery.")
+        kind, config, pooled = connector.kind, connector.config(reveal=True), True
+    else:
+        kind = connector.kind if connector else ("http" if "endpoint" in config else "smtp")
+        pooled = False
     sealed = decrypt_secrets(delivery.sealed) if delivery.sealed else {}
-    config = connector.config(reveal=True)
     payload = sealed.get("payload", delivery.payload)
     if "message" in sealed:
         message = RenderedMessage(**sealed["message"])
-    elif connector.kind == "smtp" or config.get("templates"):
+    elif kind == "smtp" or config.get("templates"):
         template = choose_template(config.get("templates", []), delivery.usage_type, delivery.locale)
         message = render_message(config, template, delivery.to, payload)
-    else:
-        message = RenderedMessage(to=delivery.to, subject="", text="", html=None,
-                                  from_email="", reply_to=None, headers={})
+    else:  # an HTTP endpoint renders for itself: it gets the type and payload
+        message = RenderedMessage(to=delivery.to, subject="", text="", html=None, from_email="")
+    if not pooled or connector is None:
+        with get_transport(kind, config) as transport:
+            return transport.send(message, to_type=delivery.usage_type, payload=payload,
+                                  ip=delivery.ip)
     transport = transport_for(connector, config)
     try:
         return transport.send(message, to_type=delivery.usage_type, payload=payload, ip=delivery.ip)

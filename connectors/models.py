@@ -92,6 +92,9 @@ class Connector(models.Model):
     updated_by = models.ForeignKey(
         conf.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    last_test_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_test_ok = models.BooleanField(null=True, editable=False)
+    last_test_summary = models.CharField(max_length=300, blank=True, default="", editable=False)
 
     objects = ConnectorQuerySet.as_manager()
 
@@ -323,6 +326,9 @@ class Delivery(models.Model):
     idempotency_key = models.CharField(max_length=200, blank=True, default="")
     source = models.CharField(max_length=10, choices=DeliverySource.choices)
     source_detail = models.CharField(max_length=200, blank=True, default="")
+    api_token = models.ForeignKey(
+        "ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries"
+    )
     ip = models.GenericIPAddressField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     hint = models.TextField(blank=True, default="")
@@ -381,3 +387,34 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number}: {self.outcome}"
+
+
+class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
+    def active(self) -> ApiTokenQuerySet:
+        return self.filter(revoked_at__isnull=True)
+
+
+class ApiToken(models.Model):
+    """A credential for the HTTP API. Only a hash of the token is kept."""
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, db_index=True, help_text="Shown to tell tokens apart.")
+    token_hash = models.CharField(max_length=128, unique=True)
+    connectors = models.ManyToManyField(
+        Connector, blank=True, related_name="api_tokens",
+        help_text="The connectors it may send through; none means all.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        conf.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

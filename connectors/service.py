@@ -13,7 +13,8 @@ from django.core.validators import EmailValidator
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .models import Connector, Delivery, DeliverySource, UsageType
+from .delivery import AttemptOutcome
+from .models import Connector, Delivery, DeliverySource, DeliveryStatus, UsageType
 from .rendering import RenderedMessage, TemplateNotFound, choose_template
 from .secrets import encrypt_secrets
 
@@ -85,20 +86,35 @@ def queue_rendered(message: RenderedMessage, *, connector: str | None = None,
 
 
 def send_test(to: str, type: str = UsageType.GENERIC, payload: dict[str, Any] | None = None,  # noqa: A002
-              *, connector: str, locale: str | None = None, source_detail: str = "") -> Delivery:
-    """Send one message now, in this thread, with no retry; return the finished Delivery."""
-    from .delivery import RetryPolicy, process
+              *, connector: str | None = None, config: dict[str, Any] | None = None,
+              kind: str | None = None, locale: str | None = None,
+              source_detail: str = "") -> AttemptOutcome:
+    """Send one message now, in this thread, with no retry, and record it as a test.
+
+    With `config` (validated, masks resolved) the message goes through that config rather than
+    the stored one: Send test of unsaved edits. `connector` may then be None for a new one.
+    """
+    from .delivery import RetryPolicy, process_with_details
 
     to = clean_address(to)
     usage_type = clean_usage_type(type)
     payload = clean_payload(payload) or sample_payload(locale)
-    target = pick_connector(connector, allow_disabled=True)
+    target = pick_connector(connector, allow_disabled=True) if connector or config is None else None
     delivery = create_delivery(target, to, usage_type, locale or "", payload, {"payload": payload},
                                source=DeliverySource.TEST, source_detail=source_detail,
-                               schedule=False)
-    finished = process(delivery.pk, policy=replace(RetryPolicy.from_settings(), max_attempts=1))
-    assert finished is not None  # nobody else knows of this delivery yet
-    return finished
+                               schedule=False, connector_slug=f"(unsaved {kind or 'config'})")
+    outcome = process_with_details(
+        delivery.pk, policy=replace(RetryPolicy.from_settings(), max_attempts=1), config=config
+    )
+    assert outcome is not None  # nobody else knows of this delivery yet
+    finished = outcome.delivery
+    if target is not None:
+        ok = finished.status == DeliveryStatus.SENT
+        Connector.objects.filter(pk=target.pk).update(
+            last_test_at=timezone.now(), last_test_ok=ok,
+            last_test_summary=(finished.server_reply if ok else finished.error)[:300],
+        )
+    return outcome
 
 
 def sample_payload(locale: str | None = None) -> dict[str, Any]:
@@ -115,19 +131,20 @@ def sample_payload(locale: str | None = None) -> dict[str, Any]:
     }
 
 
-def create_delivery(target: Connector, to: str, usage_type: str, locale: str,
+def create_delivery(target: Connector | None, to: str, usage_type: str, locale: str,
                     payload: dict[str, Any], sealed: dict[str, Any], *, source: str,
                     source_detail: str = "", ip: str | None = None,
-                    idempotency_key: str | None = None, schedule: bool = True) -> Delivery:
+                    idempotency_key: str | None = None, schedule: bool = True,
+                    connector_slug: str = "") -> Delivery:
     """Store the delivery, schedule it once committed, and return it."""
     key = (idempotency_key or "")[:200]
     with transaction.atomic():
-        if key:
+        if key and target is not None:
             existing = idempotent_match(target, key)
             if existing is not None:
                 return existing
         delivery = Delivery(
-            connector=target, connector_slug=target.slug, to=to, usage_type=usage_type,
+            connector=target, connector_slug=target.slug if target else connector_slug, to=to, usage_type=usage_type,
             locale=locale or "", payload=redact(payload), sealed=encrypt_secrets(sealed),
             source=source, source_detail=source_detail[:200], ip=ip or None,
             idempotency_key=key, next_attempt_at=timezone.now(),
@@ -137,7 +154,7 @@ def create_delivery(target: Connector, to: str, usage_type: str, locale: str,
                 delivery.save(force_insert=True)
         except IntegrityError:
             # Another request with the same key committed first: answer with its delivery.
-            existing = idempotent_match(target, key) if key else None
+            existing = idempotent_match(target, key) if key and target else None
             if existing is None:
                 raise
             return existing

@@ -244,10 +244,31 @@ def test_legacy_test_type_is_generic(worker_mode, smtp):
 def test_send_test_is_synchronous_and_not_retried(worker_mode, smtp):
     connector_for(smtp)
     smtp.fail_next("RCPT", 421)
-    delivery = send_test("ada@example.test", connector="sink")
-    assert delivery.status == DeliveryStatus.FAILED and delivery.source == "test"
-    delivery = send_test("ada@example.test", connector="sink")
-    assert delivery.status == DeliveryStatus.SENT
+    outcome = send_test("ada@example.test", connector="sink")
+    assert outcome.delivery.status == DeliveryStatus.FAILED and outcome.delivery.source == "test"
+    assert outcome.error is not None and not outcome.error.permanent
+    outcome = send_test("ada@example.test", connector="sink")
+    assert outcome.delivery.status == DeliveryStatus.SENT and outcome.result.server_reply
+
+
+def test_send_test_uses_an_unsaved_config(worker_mode, smtp):
+    connector = connector_for(smtp)
+    with SmtpServer() as other:
+        unsaved = connector.config(reveal=True)
+        unsaved["port"] = other.port
+        outcome = send_test("ada@example.test", "SignIn", connector="sink", config=unsaved)
+        assert outcome.delivery.status == DeliveryStatus.SENT
+        assert len(other.messages) == 1 and smtp.messages == []
+    connector.refresh_from_db()
+    assert connector.settings["port"] == smtp.port  # nothing saved
+    assert connector.last_test_ok is True
+
+
+def test_send_test_of_a_new_connector(worker_mode, smtp):
+    config = schema.validate_config_data("smtp", smtp.config(templates=templates(*REQUIRED))).data
+    outcome = send_test("ada@example.test", config=config, kind="smtp")
+    assert outcome.delivery.status == DeliveryStatus.SENT
+    assert outcome.delivery.connector is None and len(smtp.messages) == 1
 
 
 def test_django_mail_backend_goes_through_the_log(embedded_mode, settings, smtp):

@@ -99,13 +99,16 @@ class Command(BaseCommand):
                     **options: Any) -> None:
         self.connector(slug)
         try:
-            delivery = send_test(to, type, connector=slug, locale=locale, source_detail="cli")
+            outcome = send_test(to, type, connector=slug, locale=locale, source_detail="cli")
         except SendError as exc:
             raise CommandError(str(exc)) from None
+        delivery = outcome.delivery
         if delivery.status == DeliveryStatus.SENT:
             self.stdout.write(f"Sent {delivery.usage_type} to {delivery.to} through {slug}.")
             self.stdout.write(f"  server:     {delivery.server_reply}")
             self.stdout.write(f"  message id: {delivery.message_id}")
+            for warning in outcome.result.warnings if outcome.result else []:
+                self.stdout.write(f"  warning:    {warning}")
             return
         self.stderr.write(f"Failed: {delivery.error}")
         if delivery.hint:
