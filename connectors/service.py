@@ -51,6 +51,7 @@ def send_message(
     idempotency_key: str | None = None,
     source: str = DeliverySource.PYTHON,
     source_detail: str = "",
+    api_token: Any = None,
 ) -> Delivery:
     """Accept a message for delivery and return its Delivery once it is committed."""
     to = clean_address(to)
@@ -67,7 +68,7 @@ def send_message(
     check_rate_limit(to)
     return create_delivery(
         target, to, usage_type, locale, payload, {"payload": payload}, source=source,
-        source_detail=source_detail, ip=ip, idempotency_key=idempotency_key,
+        source_detail=source_detail, ip=ip, idempotency_key=idempotency_key, api_token=api_token,
     )
 
 
@@ -135,7 +136,7 @@ def create_delivery(target: Connector | None, to: str, usage_type: str, locale: 
                     payload: dict[str, Any], sealed: dict[str, Any], *, source: str,
                     source_detail: str = "", ip: str | None = None,
                     idempotency_key: str | None = None, schedule: bool = True,
-                    connector_slug: str = "") -> Delivery:
+                    connector_slug: str = "", api_token: Any = None) -> Delivery:
     """Store the delivery, schedule it once committed, and return it."""
     key = (idempotency_key or "")[:200]
     with transaction.atomic():
@@ -147,7 +148,7 @@ def create_delivery(target: Connector | None, to: str, usage_type: str, locale: 
             connector=target, connector_slug=target.slug if target else connector_slug, to=to, usage_type=usage_type,
             locale=locale or "", payload=redact(payload), sealed=encrypt_secrets(sealed),
             source=source, source_detail=source_detail[:200], ip=ip or None,
-            idempotency_key=key, next_attempt_at=timezone.now(),
+            idempotency_key=key, next_attempt_at=timezone.now(), api_token=api_token,
         )
         try:
             with transaction.atomic():
