@@ -1,0 +1,134 @@
+"""The contract every connector kind implements: send a rendered message, or fail with reasons."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ..rendering import RenderedMessage
+
+__all__ = ["MASK", "SendResult", "Transport", "TransportError", "resolve"]
+
+MASK = "********"
+
+# getaddrinfo() has no time-out of its own; it runs on these threads so one can be enforced.
+_resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="transport-dns")
+
+AddressInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
+
+
+def resolve(host: str, port: int, *, timeout: float) -> Sequence[AddressInfo]:
+    """Return the TCP addresses of a host; raise socket.gaierror, or TimeoutError after timeout."""
+    future = _resolver.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+    return future.result(timeout=timeout)
+
+
+@dataclass
+class SendResult:
+    """What a server said when it accepted a message (or, for a check, a connection)."""
+
+    message_id: str | None
+    server_reply: str
+    elapsed_ms: int
+    warnings: list[str] = field(default_factory=list)
+    transcript: list[str] = field(default_factory=list)
+
+
+class TransportError(Exception):
+    """A message was not sent: what failed, the server's own words, and what to try next.
+
+    `permanent` says whether trying again can help: false for connection errors, time-outs,
+    SMTP 4xx and HTTP 429/5xx; true for SMTP 5xx, other HTTP 4xx, TLS verification failures
+    and invalid configuration.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool,
+        code: int | None = None,
+        server_text: str = "",
+        hint: str = "",
+        transcript: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+        self.code = code
+        self.server_text = server_text
+        self.hint = hint
+        self.transcript = list(transcript or [])
+
+    def __str__(self) -> str:
+        parts = [self.message.rstrip(".") + "."]
+        said = " ".join(p for p in (str(self.code or ""), self.server_text) if p)
+        if said:
+            parts.append(f"The server said: {said}" + ("" if said[-1] in ".!?" else "."))
+        if self.hint:
+            parts.append(self.hint)
+        return " ".join(parts)
+
+    def __repr__(self) -> str:
+        kind = "permanent" if self.permanent else "transient"
+        return f"<TransportError {kind} code={self.code!r}: {self.message!r}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions pickle through self.args, which holds only the message; keep every field
+        # so the error survives a trip through a task queue.
+        return (_rebuild_error, (self.message, self.__dict__.copy()))
+
+
+def _rebuild_error(message: str, state: dict[str, Any]) -> TransportError:
+    """Return a TransportError from its pickled state."""
+    error = TransportError(message, permanent=bool(state.get("permanent")))
+    error.__dict__.update(state)
+    return error
+
+
+class Transport:
+    """One connector kind: sends rendered messages to one configured destination.
+
+    An instance may hold a connection open between sends; it is not thread-safe unless a
+    subclass says so. Call close() when done, or use it as a context manager.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+
+    def send(
+        self,
+        message: RenderedMessage,
+        *,
+        to_type: str,
+        payload: Mapping[str, Any],
+        ip: str | None = None,
+    ) -> SendResult:
+        """Send one message, or raise TransportError."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release any connection held open between sends."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        # The config holds decrypted secrets: never show it.
+        return f"<{type(self).__name__}>"

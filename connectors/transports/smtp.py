@@ -1,0 +1,608 @@
+"""Send through an SMTP server with smtplib, configured the way Logto's SMTP connector is.
+
+Logto hands its config to nodemailer, so the options mean what they mean there: `secure` is
+implicit TLS, otherwise STARTTLS is used whenever the server offers it (`ignoreTLS` never
+upgrades, `requireTLS` fails without it); `auth.type` "login" (the default) picks the password
+mechanism the server offers, PLAIN before LOGIN as nodemailer does, and `auth.method` forces one;
+`auth.type` "OAuth2" uses XOAUTH2 with an access token renewed from the refresh token.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hmac
+import ipaddress
+import logging
+import smtplib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Buffer, Callable, Mapping
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from functools import cache
+from typing import Any
+
+from ..rendering import EMAIL_POLICY, RenderedMessage, build_email
+from .base import MASK, SendResult, Transport, TransportError, resolve
+from .oauth2 import OAuth2Token, can_refresh, refresh_access_token
+from .smtp_errors import classify
+
+__all__ = ["OAuth2Token", "SmtpSettings", "SmtpTransport", "default_client_name"]
+
+logger = logging.getLogger(__name__)
+
+TLS_VERSIONS = {
+    "TLSv1": ssl.TLSVersion.TLSv1,
+    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+}
+# nodemailer's defaults, in milliseconds, for configs that did not go through the schema.
+DEFAULT_TIMEOUTS_MS = {
+    "connectionTimeout": 120_000,
+    "greetingTimeout": 30_000,
+    "socketTimeout": 600_000,
+    "dnsTimeout": 30_000,
+}
+NOT_ENCRYPTED = (
+    "The connection to {where} is not encrypted ({why}): the credentials and the message "
+    "crossed the network in clear text."
+)
+NOT_VERIFIED = (
+    "TLS certificate verification was skipped (tls.rejectUnauthorized is false): the "
+    "connection is encrypted, but not proven to reach {host}."
+)
+
+
+@cache
+def default_client_name() -> str:
+    """Return the EHLO name nodemailer would use: this machine's name if fully qualified."""
+    # socket.getfqdn(), smtplib's default, can stall for seconds on a reverse DNS lookup.
+    name = socket.gethostname()
+    if "." not in name:
+        return "[127.0.0.1]"
+    try:
+        ipaddress.IPv4Address(name)
+    except ValueError:
+        return name
+    return f"[{name}]"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """The parts of a config a connection needs, checked once."""
+
+    host: str
+    port: int
+    secure: bool
+    require_tls: bool
+    ignore_tls: bool
+    tls_context: ssl.SSLContext
+    tls_server_name: str
+    verify: bool
+    client_name: str
+    source_address: tuple[str, int] | None
+    connect_timeout: float
+    greeting_timeout: float
+    socket_timeout: float
+    dns_timeout: float
+    auth: Mapping[str, Any] | None = field(repr=False)  # holds decrypted secrets
+    log: bool
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _config_error(message: str, hint: str = "") -> TransportError:
+    return TransportError(message, permanent=True, hint=hint)
+
+
+def _seconds(config: Mapping[str, Any], key: str) -> float:
+    value = config.get(key)
+    if not isinstance(value, int | float) or value <= 0:
+        value = DEFAULT_TIMEOUTS_MS[key]
+    return value / 1000
+
+
+def _tls_context(config: Mapping[str, Any]) -> tuple[ssl.SSLContext, bool]:
+    """Return the TLS context the config asks for, and whether it verifies the server."""
+    tls = config.get("tls") or {}
+    ca = tls.get("ca")
+    cadata = "\n".join(ca) if isinstance(ca, list | tuple) else ca
+    try:
+        # Like Node's `tls.ca`, given CAs replace the system's trusted ones.
+        context = ssl.create_default_context(cadata=cadata or None)
+    except (ssl.SSLError, ValueError) as exc:
+        raise _config_error(
+            f"tls.ca is not a usable PEM certificate ({exc})",
+            "Paste the CA certificate(s) including the BEGIN/END CERTIFICATE lines.",
+        ) from None
+    # Python 3.13 turns on strict X.509 checks that Node (and so Logto) does not make; without
+    # this, private CAs that work with Logto would be refused here.
+    context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    verify = tls.get("rejectUnauthorized", True) is not False
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    min_version = tls.get("minVersion")
+    if min_version:
+        if min_version not in TLS_VERSIONS:
+            raise _config_error(
+                f"tls.minVersion {min_version!r} is not a TLS version",
+                f"Use one of {', '.join(TLS_VERSIONS)}.",
+            )
+        context.minimum_version = TLS_VERSIONS[min_version]
+    return context, verify
+
+
+def _settings(config: Mapping[str, Any]) -> SmtpSettings:
+    """Return the connection settings of a config, or raise a permanent TransportError."""
+    host = str(config.get("host") or "").strip()
+    port = config.get("port")
+    if not host or not isinstance(port, int) or not 0 < port < 65536:
+        raise _config_error("The SMTP config needs a host and a port between 1 and 65535")
+    context, verify = _tls_context(config)
+    tls = config.get("tls") or {}
+    local = config.get("localAddress")
+    auth = config.get("auth") or None
+    if auth is not None:
+        kind = str(auth.get("type") or "login").lower()
+        if kind == "oauth2" and (auth.get("privateKey") or auth.get("serviceClient")):
+            raise _config_error(
+                "OAuth2 with a service account key (privateKey, serviceClient) is not "
+                "supported yet",
+                "Use an OAuth2 access token with a refresh token (clientId, clientSecret, "
+                "refreshToken), or a password.",
+            )
+        if kind not in ("login", "oauth2"):
+            raise _config_error(f"auth.type {auth.get('type')!r} is not known: use login or OAuth2")
+        if kind == "login" and not (auth.get("user") and isinstance(auth.get("pass"), str)):
+            raise _config_error("auth needs both user and pass")
+    return SmtpSettings(
+        host=host,
+        port=port,
+        secure=bool(config.get("secure")),
+        require_tls=bool(config.get("requireTLS")),
+        ignore_tls=bool(config.get("ignoreTLS")),
+        tls_context=context,
+        tls_server_name=str(tls.get("servername") or config.get("servername") or host),
+        verify=verify,
+        client_name=str(config.get("name") or default_client_name()),
+        source_address=(str(local), 0) if local else None,
+        connect_timeout=_seconds(config, "connectionTimeout"),
+        greeting_timeout=_seconds(config, "greetingTimeout"),
+        socket_timeout=_seconds(config, "socketTimeout"),
+        dns_timeout=_seconds(config, "dnsTimeout"),
+        auth=auth,
+        log=bool(config.get("logger") or config.get("debug")),
+    )
+
+
+class _Connection(smtplib.SMTP):
+    """An smtplib client that records the conversation, with secrets redacted, as it goes."""
+
+    def __init__(self, settings: SmtpSettings, transcript: list[str]) -> None:
+        self.settings = settings
+        self.transcript = transcript
+        self.warnings: list[str] = []
+        self.phase = "connect"  # how far the conversation got; failures are explained by it
+        self.redacting = False
+        self.body_started = False
+        self.encrypted = False
+        self.last_challenge = b""  # the server's last SASL challenge, decoded
+        super().__init__(
+            local_hostname=settings.client_name,
+            timeout=settings.connect_timeout,
+            source_address=settings.source_address,
+        )
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        """Return a socket connected within the config's DNS and connection time-outs."""
+        settings = self.settings
+        self.phase = "dns"
+        addresses = resolve(host, port, timeout=settings.dns_timeout)
+        if settings.source_address:
+            family = ipaddress.ip_address(settings.source_address[0]).version
+            addresses = [a for a in addresses if (a[0] == socket.AF_INET6) == (family == 6)]
+        self.phase = "connect"
+        error: OSError = OSError(f"{host} has no address to connect to")
+        for family_, _, _, _, address in addresses:
+            sock = socket.socket(family_, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(settings.connect_timeout)
+                if settings.source_address:
+                    sock.bind(settings.source_address)
+                sock.connect(address)
+                break
+            except OSError as exc:
+                sock.close()
+                error = exc
+        else:
+            raise error
+        try:
+            if settings.secure:
+                self.phase = "tls"
+                sock = settings.tls_context.wrap_socket(
+                    sock, server_hostname=settings.tls_server_name
+                )
+                self.encrypted = True
+            sock.settimeout(settings.greeting_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        self.phase = "greeting"
+        return sock
+
+    def starttls_as(self, context: ssl.SSLContext, server_name: str) -> None:
+        """Upgrade to TLS, checking the certificate against server_name rather than the host."""
+        # smtplib takes the TLS server name from the host it connected to; `servername` may differ.
+        self._host = server_name
+        self.starttls(context=context)
+        self.encrypted = True
+
+    def sasl(
+        self, mechanism: str, initial: bytes | None, respond: Callable[[bytes], bytes]
+    ) -> tuple[int, bytes]:
+        """Run one SASL exchange with the secrets kept out of the transcript."""
+        # smtplib.auth() encodes responses as ASCII, which fails on non-ASCII passwords.
+        self.last_challenge = b""
+        self.redacting = True
+        try:
+            if initial is None:
+                code, reply = self.docmd("AUTH", mechanism)
+            else:
+                code, reply = self.docmd("AUTH", f"{mechanism} {_b64(initial)}")
+            for _ in range(5):
+                if code != 334:
+                    break
+                self.last_challenge = _unb64(reply)
+                code, reply = self.docmd(_b64(respond(self.last_challenge)))
+        finally:
+            self.redacting = False
+        return code, reply
+
+    def send(self, s: str | Buffer) -> None:
+        # smtplib sends commands as str and only the message body as bytes.
+        if not isinstance(s, str):
+            self.body_started = True
+            self.transcript.append(f"C: <message, {memoryview(s).nbytes} bytes>")
+        else:
+            self.transcript.append("C: " + self._redacted(s.rstrip("\r\n")))
+        super().send(s)
+
+    def _redacted(self, line: str) -> str:
+        if not self.redacting:
+            return line
+        verb, _, rest = line.partition(" ")
+        if verb.upper() != "AUTH":
+            return MASK  # a response to a challenge
+        mechanism, _, response = rest.partition(" ")
+        return f"{verb} {mechanism} {MASK}" if response else f"{verb} {mechanism}"
+
+    def getreply(self) -> tuple[int, bytes]:
+        try:
+            code, reply = super().getreply()
+        except smtplib.SMTPServerDisconnected as exc:
+            timed_out = isinstance(exc.__context__, TimeoutError)
+            self.transcript.append("S: <timed out>" if timed_out else "S: <connection closed>")
+            raise
+        lines = reply.decode("utf-8", "replace").split("\n")
+        for number, line in enumerate(lines, start=1):
+            self.transcript.append(f"S: {code}{'-' if number < len(lines) else ' '}{line}")
+        return code, reply
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(data: bytes) -> bytes:
+    try:
+        return base64.b64decode(data)
+    except ValueError:
+        return data
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+class SmtpTransport(Transport):
+    """Send through one SMTP server, keeping the connection open between sends."""
+
+    kind = "smtp"
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__(config)
+        auth = config.get("auth") or {}
+        self.idle_since: float | None = None  # time.monotonic() when the connection was last used
+        self.refreshed_token: OAuth2Token | None = None
+        self._token = OAuth2Token(str(auth.get("accessToken") or ""), auth.get("expires"))
+        self._settings: SmtpSettings | None = None
+        self._connection: _Connection | None = None
+        self._lock = threading.RLock()
+
+    @property
+    def settings(self) -> SmtpSettings:
+        """Return the checked connection settings; raise a permanent TransportError if invalid."""
+        if self._settings is None:
+            self._settings = _settings(self.config)
+        return self._settings
+
+    def send(
+        self,
+        message: RenderedMessage,
+        *,
+        to_type: str = "Generic",
+        payload: Mapping[str, Any] | None = None,
+        ip: str | None = None,
+    ) -> SendResult:
+        """Send one message over the open connection (or a new one), or raise TransportError."""
+        started = time.monotonic()
+        try:
+            mime = build_email(message)
+        except ValueError as exc:
+            raise TransportError(
+                f"The message cannot be built: {exc}",
+                permanent=True,
+                hint="Check the addresses and headers in the config and the template.",
+            ) from exc
+        with self._lock:
+            conn, reused = self._usable_connection()
+            try:
+                reply = self._deliver(conn, mime, message)
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                # A kept connection may have been dropped by the server since the NOOP; as
+                # long as no byte of the message went out, one fresh attempt cannot duplicate it.
+                if not reused or conn.body_started:
+                    raise self._failure(exc, conn) from exc
+                self._discard()
+                conn.transcript.append(
+                    "-- connection lost before the message went out: reconnecting"
+                )
+                conn = self._connection = self._open(conn.transcript)
+                try:
+                    reply = self._deliver(conn, mime, message)
+                except (smtplib.SMTPException, OSError) as exc:
+                    raise self._failure(exc, conn) from exc
+            except smtplib.SMTPException as exc:
+                raise self._failure(exc, conn) from exc
+            self.idle_since = time.monotonic()
+            self._log(conn.transcript)
+            return SendResult(
+                message_id=mime["Message-ID"],
+                server_reply=reply,
+                elapsed_ms=round((time.monotonic() - started) * 1000),
+                warnings=list(conn.warnings),
+                transcript=list(conn.transcript),
+            )
+
+    def check(self) -> SendResult:
+        """Connect, upgrade to TLS, authenticate and QUIT without sending: a connection test."""
+        started = time.monotonic()
+        conn = self._open([])
+        try:
+            code, reply = conn.quit()
+            server_reply = f"{code} {_text(reply)}"
+        except (smtplib.SMTPException, OSError):
+            conn.close()
+            server_reply = "(the server hung up on QUIT)"
+        self._log(conn.transcript)
+        return SendResult(
+            message_id=None,
+            server_reply=server_reply,
+            elapsed_ms=round((time.monotonic() - started) * 1000),
+            warnings=list(conn.warnings),
+            transcript=list(conn.transcript),
+        )
+
+    def close(self) -> None:
+        """Say QUIT and close the kept connection, if any."""
+        with self._lock:
+            conn, self._connection, self.idle_since = self._connection, None, None
+            if conn is not None:
+                try:
+                    conn.quit()
+                except (smtplib.SMTPException, OSError):
+                    conn.close()
+
+    # Connections
+
+    def _usable_connection(self) -> tuple[_Connection, bool]:
+        """Return the kept connection if it still answers NOOP, else a new one."""
+        conn = self._connection
+        if conn is not None:
+            conn.transcript.clear()
+            conn.body_started = False
+            try:
+                if conn.noop()[0] == 250:
+                    return conn, True
+            except (smtplib.SMTPException, OSError):
+                pass
+            conn.transcript.append("-- the kept connection no longer answers: reconnecting")
+            self._discard()
+        self._connection = self._open(conn.transcript if conn is not None else [])
+        self.idle_since = time.monotonic()
+        return self._connection, False
+
+    def _discard(self) -> None:
+        """Close the kept connection without ceremony."""
+        conn, self._connection, self.idle_since = self._connection, None, None
+        if conn is not None:
+            conn.close()
+
+    def _open(self, transcript: list[str]) -> _Connection:
+        """Return a connection that is greeted, upgraded to TLS and authenticated as configured."""
+        settings = self.settings
+        conn = _Connection(settings, transcript)
+        try:
+            code, reply = conn.connect(settings.host, settings.port)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, reply)
+            if conn.sock is not None:
+                conn.sock.settimeout(settings.socket_timeout)
+            conn.phase = "ehlo"
+            conn.ehlo_or_helo_if_needed()
+            self._upgrade(conn, settings)
+            self._authenticate(conn, settings)
+            conn.phase = "ready"
+        except TransportError as refusal:
+            conn.close()
+            self._log(transcript)
+            refusal.transcript = list(transcript)
+            raise
+        except (smtplib.SMTPException, OSError) as exc:
+            conn.close()
+            self._log(transcript)
+            raise classify(exc, conn.phase, settings, transcript) from exc
+        return conn
+
+    def _upgrade(self, conn: _Connection, settings: SmtpSettings) -> None:
+        """Switch to TLS with STARTTLS when the config and the server allow it."""
+        if not settings.secure and not settings.ignore_tls:
+            if conn.has_extn("starttls"):
+                conn.phase = "starttls"
+                conn.starttls_as(settings.tls_context, settings.tls_server_name)
+                conn.phase = "ehlo"
+                conn.ehlo_or_helo_if_needed()
+            elif settings.require_tls:
+                raise TransportError(
+                    f"The SMTP server at {settings.where} does not offer STARTTLS, and "
+                    "requireTLS is set",
+                    permanent=True,
+                    hint="Use a port that offers TLS (587 with STARTTLS, or 465 with `secure` "
+                    "set to true); turn `requireTLS` off only if the network to the server is "
+                    "trusted.",
+                )
+        if conn.encrypted and not settings.verify:
+            conn.warnings.append(NOT_VERIFIED.format(host=settings.tls_server_name))
+        if not conn.encrypted and settings.auth:
+            why = "ignoreTLS is set" if settings.ignore_tls else "the server offers no STARTTLS"
+            conn.warnings.append(NOT_ENCRYPTED.format(where=settings.where, why=why))
+
+    def _deliver(self, conn: _Connection, mime: EmailMessage, message: RenderedMessage) -> str:
+        """Send the envelope and the message; return the server's final reply."""
+        sender = email.utils.parseaddr(message.from_email)[1]
+        recipient = email.utils.parseaddr(message.to)[1] or message.to
+        options: list[str] = []
+        policy = EMAIL_POLICY
+        if not (sender + recipient).isascii():
+            conn.phase = "mail"
+            if not conn.has_extn("smtputf8"):
+                raise smtplib.SMTPNotSupportedError(
+                    "the server does not take addresses with non-ASCII characters (no SMTPUTF8)"
+                )
+            options, policy = ["SMTPUTF8", "BODY=8BITMIME"], EMAIL_POLICY.clone(utf8=True)
+        conn.phase = "mail"
+        code, reply = conn.mail(sender, options)
+        if code != 250:
+            raise smtplib.SMTPResponseException(code, reply)
+        conn.phase = "rcpt"
+        code, reply = conn.rcpt(recipient)
+        if code not in (250, 251):
+            raise smtplib.SMTPResponseException(code, reply)
+        conn.phase = "data"
+        code, reply = conn.data(mime.as_bytes(policy=policy))
+        if code != 250:
+            raise smtplib.SMTPResponseException(code, reply)
+        conn.phase = "ready"
+        return f"{code} {_text(reply)}"
+
+    def _failure(self, exc: BaseException, conn: _Connection) -> TransportError:
+        """Return the TransportError for a failed send, keeping the connection only if sound."""
+        error = classify(exc, conn.phase, self.settings, conn.transcript)
+        keep = (
+            isinstance(exc, smtplib.SMTPResponseException)
+            and exc.smtp_code != 421
+            and conn.phase in ("mail", "rcpt", "data")
+        )
+        try:
+            keep = keep and conn.rset()[0] == 250
+        except (smtplib.SMTPException, OSError):
+            keep = False
+        if keep:
+            conn.phase = "ready"
+            self.idle_since = time.monotonic()
+        elif conn is self._connection:
+            self._discard()
+        else:
+            conn.close()
+        self._log(conn.transcript)
+        return error
+
+    # Authentication
+
+    def _authenticate(self, conn: _Connection, settings: SmtpSettings) -> None:
+        """Log in as the config says; raise SMTPAuthenticationError when refused."""
+        auth = settings.auth
+        if not auth:
+            return
+        conn.phase = "auth"
+        if str(auth.get("type") or "login").lower() == "oauth2":
+            self._authenticate_xoauth2(conn, auth)
+            return
+        user, password = str(auth["user"]).encode(), str(auth["pass"]).encode()
+        offered = str(conn.esmtp_features.get("auth", "")).upper().split()
+        forced = str(auth.get("method") or "").upper()
+        # nodemailer takes the first it knows of PLAIN, LOGIN, CRAM-MD5 among those offered,
+        # and tries PLAIN when the server lists none (some only list AUTH after STARTTLS).
+        mechanism = forced or next(
+            (m for m in ("PLAIN", "LOGIN", "CRAM-MD5") if m in offered), "PLAIN"
+        )
+        if mechanism == "PLAIN":
+            code, reply = conn.sasl("PLAIN", b"\0" + user + b"\0" + password, lambda _: b"")
+        elif mechanism == "LOGIN":
+            code, reply = conn.sasl(
+                "LOGIN", user, lambda c: user if b"user" in c.lower() else password
+            )
+        elif mechanism == "CRAM-MD5":
+            code, reply = conn.sasl(
+                "CRAM-MD5",
+                None,
+                lambda c: user + b" " + hmac.new(password, c, "md5").hexdigest().encode(),
+            )
+        else:
+            raise TransportError(
+                f"auth.method {mechanism} is not supported",
+                permanent=True,
+                hint="Use PLAIN, LOGIN or CRAM-MD5, or leave auth.method out.",
+            )
+        if code not in (235, 503):
+            raise smtplib.SMTPAuthenticationError(code, reply)
+
+    def _authenticate_xoauth2(self, conn: _Connection, auth: Mapping[str, Any]) -> None:
+        """Log in with XOAUTH2, renewing the access token once if the server refuses it."""
+        user = str(auth.get("user") or "")
+        fresh = not self._token.is_usable()
+        if fresh:
+            self._refresh_access_token(auth)
+        for attempt in range(2):
+            token = self._token.access_token
+            initial = f"user={user}\x01auth=Bearer {token}\x01\x01".encode()
+            # On refusal the server sends a JSON challenge and wants an empty answer back.
+            code, reply = conn.sasl("XOAUTH2", initial, lambda _: b"")
+            if code in (235, 503):
+                return
+            if attempt or fresh or not can_refresh(auth):
+                break
+            # nodemailer too renews a token the server refused once before giving up.
+            self._refresh_access_token(auth)
+        details = conn.last_challenge.decode("utf-8", "replace").strip()
+        raise smtplib.SMTPAuthenticationError(
+            code, _text(reply) + (f" ({details})" if details else "")
+        )
+
+    def _refresh_access_token(self, auth: Mapping[str, Any]) -> None:
+        """Renew the access token and keep it, for later sends and for the caller to store."""
+        self._token = refresh_access_token(auth, timeout=min(self.settings.connect_timeout, 30))
+        self.refreshed_token = self._token
+
+    def _log(self, transcript: list[str]) -> None:
+        """Log the conversation when the config's `logger` or `debug` asks for it."""
+        if self._settings is not None and self._settings.log:
+            for line in transcript:
+                logger.info("%s %s", self._settings.where, line)
