@@ -82,6 +82,17 @@ def _transports() -> dict[tuple[int, str], tuple[Transport, float]]:
     return _local.transports
 
 
+def stored_config(connector: Connector) -> dict[str, Any]:
+    """Return the connector's decrypted config, cached per config version for this thread."""
+    if not hasattr(_local, "configs"):
+        _local.configs = {}
+    key = (connector.pk, connector.updated_at.isoformat())
+    if key not in _local.configs:
+        _local.configs = {k: v for k, v in _local.configs.items() if k[0] != connector.pk}
+        _local.configs[key] = connector.config(reveal=True)
+    return _local.configs[key]
+
+
 def transport_for(connector: Connector, config: dict[str, Any]) -> Transport:
     """Return this thread's open transport for the connector's current config."""
     pool = _transports()
@@ -135,6 +146,32 @@ def claim(delivery_id: Any, worker: str, policy: RetryPolicy) -> tuple[Delivery,
     return Delivery.objects.select_related("connector").get(pk=delivery_id), token
 
 
+def claim_batch(worker: str, policy: RetryPolicy, limit: int) -> tuple[list[Delivery], str]:
+    """Take the lease on up to `limit` due deliveries, oldest first; return them and the token."""
+    now = timezone.now()
+    token = f"{worker}:{uuid.uuid4().hex[:8]}"[-64:]
+    with transaction.atomic():
+        # SKIP LOCKED lets workers on PostgreSQL claim side by side; SQLite has one writer at a
+        # time (IMMEDIATE transactions), which serialises claims just as well.
+        due = (
+            Delivery.objects.due(now)
+            .order_by("next_attempt_at")
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)[:limit]
+        )
+        ids = list(due)
+        if not ids:
+            return [], token
+        Delivery.objects.filter(pk__in=ids).update(
+            status=DeliveryStatus.SENDING,
+            lease_owner=token,
+            lease_expires_at=now + policy.lease,
+            attempts=F("attempts") + 1,
+        )
+    claimed = list(Delivery.objects.select_related("connector").filter(pk__in=ids, lease_owner=token))
+    return claimed, token
+
+
 @dataclass
 class AttemptOutcome:
     """What one attempt did: the delivery afterwards, and the transport's full answer."""
@@ -163,7 +200,14 @@ def process_with_details(delivery_id: Any, *, policy: RetryPolicy | None = None,
     claimed = claim(delivery_id, worker, policy)
     if claimed is None:
         return None
-    delivery, token = claimed
+    details = run_claimed(claimed[0], claimed[1], worker, policy, config)
+    details.delivery.refresh_from_db()
+    return details
+
+
+def run_claimed(delivery: Delivery, token: str, worker: str, policy: RetryPolicy,
+                config: dict[str, Any] | None = None) -> AttemptOutcome:
+    """Attempt a delivery this worker holds the lease on, and record the outcome."""
     started, clock = timezone.now(), time.monotonic()
     details = AttemptOutcome(delivery)
     try:
@@ -180,7 +224,6 @@ def process_with_details(delivery_id: Any, *, policy: RetryPolicy | None = None,
     else:
         record(delivery, token, started, clock, worker, DeliveryAttempt.Outcome.SENT, policy,
                reply=details.result.server_reply, message_id=details.result.message_id or "")
-    delivery.refresh_from_db()
     return details
 
 
@@ -203,7 +246,7 @@ def attempt(delivery: Delivery, config: dict[str, Any] | None = None) -> SendRes
         if not connector.enabled and delivery.source != DeliverySource.TEST:
             raise ConfigurationError(f"Connector {connector.slug!r} is disabled.",
                                      hint="Enable it, then retry the delivery.")
-        kind, config, pooled = connector.kind, connector.config(reveal=True), True
+        kind, config, pooled = connector.kind, stored_config(connector), True
     else:
         kind = connector.kind if connector else ("http" if "endpoint" in config else "smtp")
         pooled = False

@@ -121,6 +121,11 @@ class Connector(models.Model):
                 self.is_default = True
             super().save(*args, **kwargs)
 
+    def touch(self) -> None:
+        """Mark the config as changed, so workers drop what they cached of it."""
+        self.updated_at = timezone.now()
+        Connector.objects.filter(pk=self.pk).update(updated_at=self.updated_at)
+
     @transaction.atomic
     def set_default(self) -> None:
         """Make this the one default connector."""
@@ -236,6 +241,15 @@ class Template(models.Model):
 
     def __str__(self) -> str:
         return f"{self.usage_type} ({self.locale or 'default'})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)
+        self.connector.touch()
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().delete(*args, **kwargs)
+        self.connector.touch()
+        return result
 
     def as_config(self) -> dict[str, Any]:
         """Return the template as an item of a Logto config's `templates`."""

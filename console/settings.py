@@ -11,7 +11,8 @@ from pathlib import Path
 import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-LOCAL_DIR = BASE_DIR / "var"  # kept out of version control: development keys live here
+LOCAL_DIR = BASE_DIR / "var"  # kept out of version control: development keys, test database
+LOCAL_DIR.mkdir(exist_ok=True)
 
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
@@ -93,6 +94,8 @@ DATABASES = {
 }
 DATABASES["default"].setdefault("ATOMIC_REQUESTS", False)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file rather than memory, so the tests' worker processes can share the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(LOCAL_DIR / "test-db.sqlite3")}
     # WAL lets the console read while a sender writes; a busy timeout instead of "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20, "transaction_mode": "IMMEDIATE"}
@@ -138,6 +141,7 @@ CONNECTORS_MAX_AGE = env.int("CONNECTORS_MAX_AGE", default=3600)  # seconds
 CONNECTORS_RETRY_BASE_DELAY = env.float("CONNECTORS_RETRY_BASE_DELAY", default=5.0)  # seconds
 CONNECTORS_RETRY_MAX_DELAY = env.float("CONNECTORS_RETRY_MAX_DELAY", default=600.0)  # seconds
 CONNECTORS_LEASE_SECONDS = env.int("CONNECTORS_LEASE_SECONDS", default=300)
+CONNECTORS_RECOVER_EVERY = env.float("CONNECTORS_RECOVER_EVERY", default=30.0)  # seconds, per worker
 CONNECTORS_RECIPIENT_RATE_LIMIT = (
     env.int("CONNECTORS_RECIPIENT_RATE_LIMIT", default=10),  # messages (0 = no limit) ...
     env.int("CONNECTORS_RECIPIENT_RATE_WINDOW", default=600),  # ... per this many seconds

@@ -1,0 +1,36 @@
+"""`python manage.py send_worker`: deliver queued messages, in batches, until stopped."""
+
+from __future__ import annotations
+
+import signal
+from argparse import ArgumentParser
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from connectors.outbox import SendWorker
+
+
+class Command(BaseCommand):
+    help = (
+        "Deliver queued messages (TASKS_BACKEND=connectors.outbox.OutboxBackend). Run one or more "
+        "on any number of machines; SIGTERM finishes the current batch, then stops."
+    )
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--batch-size", type=int, default=50, help="deliveries per claim")
+        parser.add_argument("--interval", type=float, default=0.05,
+                            help="seconds to wait when nothing is due (default 0.05)")
+        parser.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
+                            help="stop after this long with nothing to do (for batch jobs, tests)")
+
+    def handle(self, *args: Any, batch_size: int, interval: float,
+               exit_when_idle: float | None, **options: Any) -> None:
+        worker = SendWorker(batch_size=batch_size, interval=interval,
+                            recover_every=settings.CONNECTORS_RECOVER_EVERY)
+        signal.signal(signal.SIGTERM, worker.stop)
+        signal.signal(signal.SIGINT, worker.stop)
+        self.stdout.write(f"send_worker started (batch {batch_size}, poll every {interval}s)")
+        worker.run(max_idle=exit_when_idle)
+        self.stdout.write(f"send_worker stopped after {worker.sent} attempts")

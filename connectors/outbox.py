@@ -1,0 +1,91 @@
+"""The outbox task backend and the batch worker that drains it.
+
+With `TASKS_BACKEND=connectors.outbox.OutboxBackend` the Delivery row *is* the queued task:
+enqueueing `deliver` stores nothing more, and `python manage.py send_worker` claims due deliveries
+in batches, sends them over connections it keeps open, and records each outcome. That saves the
+task row, its polling and its bookkeeping per message, which is most of the cost of a generic
+queue when the work itself is one SMTP transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from django.db import close_old_connections
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.base import Task, TaskResult, TaskResultStatus
+from django.tasks.exceptions import InvalidTask
+from django.utils import timezone
+from django.utils.crypto import get_random_string
+
+from .delivery import RetryPolicy, claim_batch, close_transports, recover, run_claimed, worker_name
+
+logger = logging.getLogger(__name__)
+
+
+class OutboxBackend(BaseTaskBackend):
+    """A task backend for `connectors.tasks.deliver` only: the Delivery table is its queue."""
+
+    supports_defer = True
+
+    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+        self.validate_task(task)
+        if task.module_path != "connectors.tasks.deliver":
+            raise InvalidTask(
+                f"The outbox backend runs only connectors.tasks.deliver, not {task.module_path}: "
+                "give other tasks a backend of their own in TASKS."
+            )
+        return TaskResult(
+            task=task, id=get_random_string(32), status=TaskResultStatus.READY,
+            enqueued_at=timezone.now(), started_at=None, last_attempted_at=None,
+            finished_at=None, args=args, kwargs=kwargs, backend=self.alias, errors=[],
+            worker_ids=[],
+        )
+
+
+class SendWorker:
+    """Claim due deliveries in batches and send them, until told to stop."""
+
+    def __init__(self, *, batch_size: int = 50, interval: float = 0.05,
+                 recover_every: float = 30.0) -> None:
+        self.batch_size = batch_size
+        self.interval = interval
+        self.recover_every = recover_every
+        self.running = True
+        self.sent = 0
+
+    def run(self, *, max_idle: float | None = None) -> None:
+        """Work until stop() is called, or until idle for `max_idle` seconds."""
+        policy = RetryPolicy.from_settings()
+        name = worker_name()
+        last_recovery = 0.0
+        idle_since = time.monotonic()
+        try:
+            while self.running:
+                now = time.monotonic()
+                if now - last_recovery >= self.recover_every:
+                    # 1. Leases of dead workers lapse; put their deliveries back in the queue.
+                    recovered = recover()
+                    if recovered:
+                        logger.info("requeued %s stranded deliveries", recovered)
+                    last_recovery = now
+                # 2. Claim a batch; 3. send each over a kept connection and record the outcome.
+                batch, token = claim_batch(name, policy, self.batch_size)
+                for delivery in batch:
+                    run_claimed(delivery, token, name, policy)
+                    self.sent += 1
+                if batch:
+                    idle_since = time.monotonic()
+                    continue
+                if max_idle is not None and time.monotonic() - idle_since >= max_idle:
+                    return
+                close_old_connections()
+                time.sleep(self.interval)
+        finally:
+            close_transports()
+
+    def stop(self, *args: Any) -> None:
+        """Finish the current batch, then return from run()."""
+        self.running = False
