@@ -31,8 +31,9 @@ def check_keys(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
     if getattr(settings, "USING_DEVELOPMENT_ENCRYPTION_KEY", False):
         problems.append(
             Warning(
-                "Connector secrets are encrypted with the local development key in var/encryption-key.",
-                hint="Fine on a laptop. In production set CONNECTOR_ENCRYPTION_KEYS (and keep a copy "
+                "Connector secrets are encrypted with the development key in var/encryption-key.",
+                hint="Fine on a laptop. In production set CONNECTOR_ENCRYPTION_KEYS (and keep a "
+                "copy "
                 "of it: secrets encrypted with a lost key cannot be recovered).",
                 id="connectors.W003",
             )

@@ -26,7 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -119,7 +119,7 @@ def close_transports() -> None:
 def close_quietly(transport: Transport) -> None:
     try:
         transport.close()
-    except Exception:  # noqa: BLE001 (closing a broken connection may fail; it is gone either way)
+    except Exception:
         logger.debug("closing a transport failed", exc_info=True)
 
 
@@ -168,28 +168,35 @@ def claim_batch(worker: str, policy: RetryPolicy, limit: int) -> tuple[list[Deli
             lease_expires_at=now + policy.lease,
             attempts=F("attempts") + 1,
         )
-    claimed = list(Delivery.objects.select_related("connector").filter(pk__in=ids, lease_owner=token))
+    claimed = list(
+        Delivery.objects.select_related("connector").filter(pk__in=ids, lease_owner=token)
+    )
     return claimed, token
 
 
 @dataclass
 class AttemptOutcome:
-    """What one attempt did: the delivery afterwards, and the transport's full answer."""
+    """What one attempt did: the delivery, the transport's full answer, and what to record."""
 
     delivery: Delivery
     result: SendResult | None = None
     error: Exception | None = None
+    outcome: str = DeliveryAttempt.Outcome.SENT
+    started: Any = None
+    elapsed_ms: int = 0
 
 
-def process(delivery_id: Any, *, policy: RetryPolicy | None = None,
-            config: dict[str, Any] | None = None) -> Delivery | None:
+def process(
+    delivery_id: Any, *, policy: RetryPolicy | None = None, config: dict[str, Any] | None = None
+) -> Delivery | None:
     """Make one attempt at a delivery if it is due; return it, or None if another has it."""
     outcome = process_with_details(delivery_id, policy=policy, config=config)
     return outcome.delivery if outcome else None
 
 
-def process_with_details(delivery_id: Any, *, policy: RetryPolicy | None = None,
-                         config: dict[str, Any] | None = None) -> AttemptOutcome | None:
+def process_with_details(
+    delivery_id: Any, *, policy: RetryPolicy | None = None, config: dict[str, Any] | None = None
+) -> AttemptOutcome | None:
     """Make one attempt, as process() does; keep the transport's result or error too.
 
     `config` replaces the connector's stored config (Send test of unsaved edits); the
@@ -200,30 +207,28 @@ def process_with_details(delivery_id: Any, *, policy: RetryPolicy | None = None,
     claimed = claim(delivery_id, worker, policy)
     if claimed is None:
         return None
-    details = run_claimed(claimed[0], claimed[1], worker, policy, config)
-    details.delivery.refresh_from_db()
+    delivery, token = claimed
+    details = run_attempt(delivery, policy, config)
+    record([details], token, worker, policy)
+    delivery.refresh_from_db()
     return details
 
 
-def run_claimed(delivery: Delivery, token: str, worker: str, policy: RetryPolicy,
-                config: dict[str, Any] | None = None) -> AttemptOutcome:
-    """Attempt a delivery this worker holds the lease on, and record the outcome."""
-    started, clock = timezone.now(), time.monotonic()
-    details = AttemptOutcome(delivery)
+def run_attempt(
+    delivery: Delivery, policy: RetryPolicy, config: dict[str, Any] | None = None
+) -> AttemptOutcome:
+    """Attempt a claimed delivery and classify the outcome; write nothing."""
+    details = AttemptOutcome(delivery, started=timezone.now())
+    clock = time.monotonic()
     try:
         details.result = attempt(delivery, config)
     except TransportError as exc:
         details.error = exc
-        record(delivery, token, started, clock, worker,
-               failure_outcome(delivery, exc.permanent, policy), policy,
-               error=str(exc), hint=exc.hint, code=exc.code, reply=exc.server_text)
+        details.outcome = failure_outcome(delivery, exc.permanent, policy)
     except (RenderError, DecryptionError, ConfigurationError) as exc:
         details.error = exc
-        record(delivery, token, started, clock, worker, DeliveryAttempt.Outcome.FAILED, policy,
-               error=str(exc), hint=getattr(exc, "hint", ""))
-    else:
-        record(delivery, token, started, clock, worker, DeliveryAttempt.Outcome.SENT, policy,
-               reply=details.result.server_reply, message_id=details.result.message_id or "")
+        details.outcome = DeliveryAttempt.Outcome.FAILED
+    details.elapsed_ms = int((time.monotonic() - clock) * 1000)
     return details
 
 
@@ -244,8 +249,10 @@ def attempt(delivery: Delivery, config: dict[str, Any] | None = None) -> SendRes
                 f"Connector {delivery.connector_slug!r} was deleted before the message was sent."
             )
         if not connector.enabled and delivery.source != DeliverySource.TEST:
-            raise ConfigurationError(f"Connector {connector.slug!r} is disabled.",
-                                     hint="Enable it, then retry the delivery.")
+            raise ConfigurationError(
+                f"Connector {connector.slug!r} is disabled.",
+                hint="Enable it, then retry the delivery.",
+            )
         kind, config, pooled = connector.kind, stored_config(connector), True
     else:
         kind = connector.kind if connector else ("http" if "endpoint" in config else "smtp")
@@ -255,14 +262,17 @@ def attempt(delivery: Delivery, config: dict[str, Any] | None = None) -> SendRes
     if "message" in sealed:
         message = RenderedMessage(**sealed["message"])
     elif kind == "smtp" or config.get("templates"):
-        template = choose_template(config.get("templates", []), delivery.usage_type, delivery.locale)
+        template = choose_template(
+            config.get("templates", []), delivery.usage_type, delivery.locale
+        )
         message = render_message(config, template, delivery.to, payload)
     else:  # an HTTP endpoint renders for itself: it gets the type and payload
         message = RenderedMessage(to=delivery.to, subject="", text="", html=None, from_email="")
     if not pooled or connector is None:
         with get_transport(kind, config) as transport:
-            return transport.send(message, to_type=delivery.usage_type, payload=payload,
-                                  ip=delivery.ip)
+            return transport.send(
+                message, to_type=delivery.usage_type, payload=payload, ip=delivery.ip
+            )
     transport = transport_for(connector, config)
     try:
         return transport.send(message, to_type=delivery.usage_type, payload=payload, ip=delivery.ip)
@@ -281,42 +291,108 @@ def failure_outcome(delivery: Delivery, permanent: bool, policy: RetryPolicy) ->
     return DeliveryAttempt.Outcome.RETRY
 
 
-def record(delivery: Delivery, token: str, started: Any, clock: float, worker: str, outcome: str,
-           policy: RetryPolicy, *, error: str = "", hint: str = "", code: int | None = None,
-           reply: str = "", message_id: str = "") -> None:
-    """Write the attempt and the delivery's new state, if this worker still holds the lease."""
+def relax_commit() -> None:
+    """Let this transaction's commit return before its WAL reaches disk (PostgreSQL only).
+
+    Waiting for the disk on every outcome costs more than the send itself. A worker that dies
+    loses nothing by this (PostgreSQL has the commit); only a crash of the database server
+    itself may forget the last fraction of a second of outcomes, and those deliveries are sent
+    again: at least once still holds. Accepting a message never does this.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
+def record(outcomes: list[AttemptOutcome], token: str, worker: str, policy: RetryPolicy) -> None:
+    """Write the attempts and the deliveries' new states, for those whose lease is still ours.
+
+    One transaction for the lot: a worker flushes its outcomes every few messages, which is
+    what lets it keep up with a fast server (see docs/decisions.md on the duplicate window).
+    """
+    if not outcomes:
+        return
     now = timezone.now()
-    fields: dict[str, Any] = {
-        "lease_owner": "",
-        "lease_expires_at": None,
-        "error": error,
-        "hint": hint,
-        "error_code": code,
-        "server_reply": reply,
-    }
-    if outcome == DeliveryAttempt.Outcome.RETRY:
-        delay = policy.delay(delivery.attempts)
-        fields.update(status=DeliveryStatus.QUEUED, next_attempt_at=now + timedelta(seconds=delay))
-    else:
-        # A final state: the one-time values have done their job and are scrubbed.
-        fields.update(status=DeliveryStatus.SENT if outcome == DeliveryAttempt.Outcome.SENT
-                      else DeliveryStatus.FAILED, sealed="", finished_at=now, next_attempt_at=None)
-        if outcome == DeliveryAttempt.Outcome.SENT:
-            fields.update(sent_at=now, message_id=message_id[:300])
+    retries: list[Delivery] = []
     with transaction.atomic():
-        updated = Delivery.objects.filter(pk=delivery.pk, lease_owner=token).update(**fields)
-        if not updated:
-            logger.warning("lost the lease on delivery %s before recording %s", delivery.pk, outcome)
-            return
-        DeliveryAttempt.objects.create(
-            delivery=delivery, number=delivery.attempts, started_at=started,
-            elapsed_ms=int((time.monotonic() - clock) * 1000), outcome=outcome, error=error,
-            hint=hint, code=code, server_reply=reply[:2000], worker=worker[:64],
+        relax_commit()
+        attempts = []
+        for o in outcomes:
+            d = o.delivery
+            apply_outcome(d, o, policy, now)
+            fields = {name: getattr(d, name) for name in OUTCOME_FIELDS}
+            # Fenced: only the holder of the lease may record; a lapsed lease means another
+            # worker has the delivery now, and its record is the one that counts.
+            if not Delivery.objects.filter(pk=d.pk, lease_owner=token).update(**fields):
+                logger.warning("lost the lease on delivery %s before recording it", d.pk)
+                continue
+            attempts.append(
+                DeliveryAttempt(
+                    delivery=d,
+                    number=d.attempts,
+                    started_at=o.started,
+                    elapsed_ms=o.elapsed_ms,
+                    outcome=o.outcome,
+                    error=d.error,
+                    hint=d.hint,
+                    code=d.error_code,
+                    server_reply=d.server_reply[:2000],
+                    worker=worker[:64],
+                )
+            )
+            if o.outcome == DeliveryAttempt.Outcome.RETRY:
+                retries.append(d)
+        DeliveryAttempt.objects.bulk_create(attempts)
+    for d in retries:
+        schedule(d.pk, d.next_attempt_at)
+    for o in outcomes:
+        logger.info(
+            "delivery %s: attempt %s %s%s",
+            o.delivery.pk,
+            o.delivery.attempts,
+            o.outcome,
+            f" ({o.delivery.error})" if o.delivery.error else "",
         )
-        if outcome == DeliveryAttempt.Outcome.RETRY:
-            transaction.on_commit(lambda: schedule(delivery.pk, fields["next_attempt_at"]))
-    logger.info("delivery %s: attempt %s %s%s", delivery.pk, delivery.attempts, outcome,
-                f" ({error})" if error else "")
+
+
+OUTCOME_FIELDS = [
+    "status",
+    "lease_owner",
+    "lease_expires_at",
+    "error",
+    "hint",
+    "error_code",
+    "server_reply",
+    "next_attempt_at",
+    "sealed",
+    "finished_at",
+    "sent_at",
+    "message_id",
+]
+
+
+def apply_outcome(d: Delivery, o: AttemptOutcome, policy: RetryPolicy, now: Any) -> None:
+    """Set the delivery's fields for the attempt's outcome."""
+    d.lease_owner, d.lease_expires_at = "", None
+    error = o.error
+    d.error = str(error) if error else ""
+    d.hint = getattr(error, "hint", "") or ""
+    d.error_code = getattr(error, "code", None) if isinstance(error, TransportError) else None
+    if isinstance(error, TransportError):
+        d.server_reply = error.server_text
+    else:
+        d.server_reply = o.result.server_reply if o.result else ""
+    if o.outcome == DeliveryAttempt.Outcome.RETRY:
+        d.status = DeliveryStatus.QUEUED
+        d.next_attempt_at = now + timedelta(seconds=policy.delay(d.attempts))
+        return
+    # A final state: the one-time values have done their job and are scrubbed.
+    d.sealed, d.finished_at, d.next_attempt_at = "", now, None
+    if o.outcome == DeliveryAttempt.Outcome.SENT:
+        d.status, d.sent_at = DeliveryStatus.SENT, now
+        d.message_id = ((o.result.message_id if o.result else "") or "")[:300]
+    else:
+        d.status = DeliveryStatus.FAILED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,8 +431,9 @@ def recover(*, now: Any = None, grace: timedelta = timedelta(seconds=60)) -> int
     # and enqueue, or a retry timer in a process that ended). A duplicate task finds nothing to
     # claim, so enqueueing again is always safe.
     overdue_ids = set(
-        Delivery.objects.filter(status=DeliveryStatus.QUEUED, next_attempt_at__lt=now - grace)
-        .values_list("pk", flat=True)
+        Delivery.objects.filter(
+            status=DeliveryStatus.QUEUED, next_attempt_at__lt=now - grace
+        ).values_list("pk", flat=True)
     )
     for delivery_id in lapsed_ids | overdue_ids:
         schedule(delivery_id)

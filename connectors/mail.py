@@ -42,8 +42,9 @@ class ConnectorEmailBackend(BaseEmailBackend):
                 raise SendError("unsupported", "Connector deliveries cannot carry attachments.")
             html = None
             if isinstance(message, EmailMultiAlternatives):
-                html = next((body for body, mime in message.alternatives if mime == "text/html"),
-                            None)
+                html = next(
+                    (body for body, mime in message.alternatives if mime == "text/html"), None
+                )
             text = str(message.body)
             if message.content_subtype == "html":
                 text, html = "", text
@@ -51,9 +52,13 @@ class ConnectorEmailBackend(BaseEmailBackend):
             with transaction.atomic():  # every recipient of a message, or none
                 for recipient in message.recipients():
                     rendered = RenderedMessage(
-                        to=recipient, subject=str(message.subject), text=text, html=html,
+                        to=recipient,
+                        subject=str(message.subject),
+                        text=text,
+                        html=html,
                         from_email=str(message.from_email),
-                        reply_to=", ".join(message.reply_to) or None, headers=headers,
+                        reply_to=", ".join(message.reply_to) or None,
+                        headers=headers,
                     )
                     queue_rendered(rendered, connector=self.connector, source=DeliverySource.MAIL)
             accepted += 1

@@ -32,6 +32,10 @@ class MissingSecretError(ValueError):
         )
 
 
+# Connector pk -> ((pk, updated_at), templates): every template change touches updated_at.
+_template_cache: dict[int, tuple[tuple[int, Any], list[dict[str, Any]]]] = {}
+
+
 class ConnectorKind(models.TextChoices):
     SMTP = "smtp", "SMTP"
     HTTP = "http", "HTTP email"
@@ -137,6 +141,15 @@ class Connector(models.Model):
     def secret_paths(self) -> tuple[str, ...]:
         return schema.SECRET_PATHS[self.kind]
 
+    def template_configs(self) -> list[dict[str, Any]]:
+        """Return the templates as config items, cached per config version in this process."""
+        key = (self.pk, self.updated_at)
+        cached = _template_cache.get(self.pk)
+        if cached is None or cached[0] != key:
+            cached = (key, [t.as_config() for t in self.templates.all()])
+            _template_cache[self.pk] = cached
+        return cached[1]
+
     def secret_values(self) -> dict[str, Any]:
         """Return the decrypted secrets, keyed by path (raises DecryptionError)."""
         return decrypt_secrets(self.secrets)
@@ -219,7 +232,10 @@ class Template(models.Model):
     connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="templates")
     usage_type = models.CharField(max_length=40, choices=UsageType.choices)
     locale = models.CharField(
-        max_length=35, blank=True, default="", help_text='BCP 47 tag such as "fr-CA"; blank = default.'
+        max_length=35,
+        blank=True,
+        default="",
+        help_text='BCP 47 tag such as "fr-CA"; blank = default.',
     )
     subject = models.CharField(max_length=998)
     content = models.TextField()
@@ -246,11 +262,6 @@ class Template(models.Model):
         super().save(*args, **kwargs)
         self.connector.touch()
 
-    def delete(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().delete(*args, **kwargs)
-        self.connector.touch()
-        return result
-
     def as_config(self) -> dict[str, Any]:
         """Return the template as an item of a Logto config's `templates`."""
         item: dict[str, Any] = {
@@ -269,6 +280,12 @@ class Template(models.Model):
         return item
 
 
+@receiver(post_delete, sender=Template)
+def _template_deleted(sender: type[Template], instance: Template, **kwargs: Any) -> None:
+    # Bulk deletes too: caches keyed on the connector's updated_at must see the change.
+    Connector.objects.filter(pk=instance.connector_id).update(updated_at=timezone.now())
+
+
 class ConnectorRevision(models.Model):
     connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="revisions")
     number = models.PositiveIntegerField()
@@ -282,7 +299,9 @@ class ConnectorRevision(models.Model):
     class Meta:
         ordering = ["connector", "-number"]
         constraints = [
-            models.UniqueConstraint(fields=["connector", "number"], name="connectors_revision_unique"),
+            models.UniqueConstraint(
+                fields=["connector", "number"], name="connectors_revision_unique"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -305,7 +324,7 @@ class DeliverySource(models.TextChoices):
 
 class DeliveryQuerySet(models.QuerySet["Delivery"]):
     def due(self, now: Any) -> DeliveryQuerySet:
-        """Return deliveries ready for an attempt: queued and due, or sending with a lapsed lease."""
+        """Return deliveries ready for an attempt: queued and due, or sending past its lease."""
         return self.filter(
             models.Q(status=DeliveryStatus.QUEUED, next_attempt_at__lte=now)
             | models.Q(status=DeliveryStatus.SENDING, lease_expires_at__lt=now)
@@ -415,7 +434,9 @@ class ApiToken(models.Model):
     prefix = models.CharField(max_length=16, db_index=True, help_text="Shown to tell tokens apart.")
     token_hash = models.CharField(max_length=128, unique=True)
     connectors = models.ManyToManyField(
-        Connector, blank=True, related_name="api_tokens",
+        Connector,
+        blank=True,
+        related_name="api_tokens",
         help_text="The connectors it may send through; none means all.",
     )
     created_at = models.DateTimeField(auto_now_add=True)

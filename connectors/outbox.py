@@ -20,7 +20,16 @@ from django.tasks.exceptions import InvalidTask
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 
-from .delivery import RetryPolicy, claim_batch, close_transports, recover, run_claimed, worker_name
+from .delivery import (
+    AttemptOutcome,
+    RetryPolicy,
+    claim_batch,
+    close_transports,
+    record,
+    recover,
+    run_attempt,
+    worker_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +47,17 @@ class OutboxBackend(BaseTaskBackend):
                 "give other tasks a backend of their own in TASKS."
             )
         return TaskResult(
-            task=task, id=get_random_string(32), status=TaskResultStatus.READY,
-            enqueued_at=timezone.now(), started_at=None, last_attempted_at=None,
-            finished_at=None, args=args, kwargs=kwargs, backend=self.alias, errors=[],
+            task=task,
+            id=get_random_string(32),
+            status=TaskResultStatus.READY,
+            enqueued_at=timezone.now(),
+            started_at=None,
+            last_attempted_at=None,
+            finished_at=None,
+            args=args,
+            kwargs=kwargs,
+            backend=self.alias,
+            errors=[],
             worker_ids=[],
         )
 
@@ -48,9 +65,18 @@ class OutboxBackend(BaseTaskBackend):
 class SendWorker:
     """Claim due deliveries in batches and send them, until told to stop."""
 
-    def __init__(self, *, batch_size: int = 50, interval: float = 0.05,
-                 recover_every: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        batch_size: int = 50,
+        interval: float = 0.05,
+        recover_every: float = 30.0,
+        flush_every: int = 10,
+        flush_after: float = 0.05,
+    ) -> None:
         self.batch_size = batch_size
+        self.flush_every = flush_every
+        self.flush_after = flush_after
         self.interval = interval
         self.recover_every = recover_every
         self.running = True
@@ -73,9 +99,20 @@ class SendWorker:
                     last_recovery = now
                 # 2. Claim a batch; 3. send each over a kept connection and record the outcome.
                 batch, token = claim_batch(name, policy, self.batch_size)
+                pending: list[AttemptOutcome] = []
+                flushed = time.monotonic()
                 for delivery in batch:
-                    run_claimed(delivery, token, name, policy)
+                    pending.append(run_attempt(delivery, policy))
                     self.sent += 1
+                    # 4. Record outcomes every few messages or milliseconds: one transaction
+                    #    for several rows, yet only those few can be sent twice after a crash.
+                    if (
+                        len(pending) >= self.flush_every
+                        or time.monotonic() - flushed >= self.flush_after
+                    ):
+                        record(pending, token, name, policy)
+                        pending, flushed = [], time.monotonic()
+                record(pending, token, name, policy)
                 if batch:
                     idle_since = time.monotonic()
                     continue

@@ -31,8 +31,15 @@ validate_address = EmailValidator(message="not a valid email address")
 class SendError(ValueError):
     """A message cannot be accepted; `code` says why, for programs, the message for people."""
 
-    def __init__(self, code: str, message: str, *, path: str = "", retry_after: int | None = None,
-                 delivery: Delivery | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        path: str = "",
+        retry_after: int | None = None,
+        delivery: Delivery | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.path = path
@@ -42,7 +49,7 @@ class SendError(ValueError):
 
 def send_message(
     to: str,
-    type: str,  # noqa: A002 (the name Logto's HTTP email connector uses)
+    type: str,
     payload: dict[str, Any] | None = None,
     *,
     connector: str | None = None,
@@ -59,37 +66,59 @@ def send_message(
     payload = clean_payload(payload)
     locale = locale if locale is not None else str(payload.get("locale") or "")
     target = pick_connector(connector)
-    if target.kind == "smtp" or target.templates.exists():
-        templates = [t.as_config() for t in target.templates.all()]
+    templates = target.template_configs()
+    if target.kind == "smtp" or templates:
         try:
             choose_template(templates, usage_type, locale)
         except TemplateNotFound as exc:
             raise SendError("no_template", str(exc), path="type") from None
     check_rate_limit(to)
     return create_delivery(
-        target, to, usage_type, locale, payload, {"payload": payload}, source=source,
-        source_detail=source_detail, ip=ip, idempotency_key=idempotency_key, api_token=api_token,
+        target,
+        to,
+        usage_type,
+        locale,
+        payload,
+        {"payload": payload},
+        source=source,
+        source_detail=source_detail,
+        ip=ip,
+        idempotency_key=idempotency_key,
+        api_token=api_token,
     )
 
 
-def queue_rendered(message: RenderedMessage, *, connector: str | None = None,
-                   source: str = DeliverySource.MAIL) -> Delivery:
+def queue_rendered(
+    message: RenderedMessage, *, connector: str | None = None, source: str = DeliverySource.MAIL
+) -> Delivery:
     """Accept a message that is already written (the mail backend's) for delivery."""
     to = clean_address(message.to)
     target = pick_connector(connector)
     if target.kind != "smtp":
-        raise SendError("unsupported", f"Connector {target.slug!r} is {target.get_kind_display()}: "
-                        "written messages go through SMTP connectors only.", path="connector")
+        raise SendError(
+            "unsupported",
+            f"Connector {target.slug!r} is {target.get_kind_display()}: "
+            "written messages go through SMTP connectors only.",
+            path="connector",
+        )
     if not message.html and not message.text:
         message.text = " "  # an empty body is legal mail; smtplib needs something to send
-    return create_delivery(target, to, UsageType.GENERIC, "", {}, {"message": asdict(message)},
-                           source=source)
+    return create_delivery(
+        target, to, UsageType.GENERIC, "", {}, {"message": asdict(message)}, source=source
+    )
 
 
-def send_test(to: str, type: str = UsageType.GENERIC, payload: dict[str, Any] | None = None,  # noqa: A002
-              *, connector: str | None = None, config: dict[str, Any] | None = None,
-              kind: str | None = None, locale: str | None = None,
-              source_detail: str = "") -> AttemptOutcome:
+def send_test(
+    to: str,
+    type: str = UsageType.GENERIC,
+    payload: dict[str, Any] | None = None,
+    *,
+    connector: str | None = None,
+    config: dict[str, Any] | None = None,
+    kind: str | None = None,
+    locale: str | None = None,
+    source_detail: str = "",
+) -> AttemptOutcome:
     """Send one message now, in this thread, with no retry, and record it as a test.
 
     With `config` (validated, masks resolved) the message goes through that config rather than
@@ -101,9 +130,18 @@ def send_test(to: str, type: str = UsageType.GENERIC, payload: dict[str, Any] | 
     usage_type = clean_usage_type(type)
     payload = clean_payload(payload) or sample_payload(locale)
     target = pick_connector(connector, allow_disabled=True) if connector or config is None else None
-    delivery = create_delivery(target, to, usage_type, locale or "", payload, {"payload": payload},
-                               source=DeliverySource.TEST, source_detail=source_detail,
-                               schedule=False, connector_slug=f"(unsaved {kind or 'config'})")
+    delivery = create_delivery(
+        target,
+        to,
+        usage_type,
+        locale or "",
+        payload,
+        {"payload": payload},
+        source=DeliverySource.TEST,
+        source_detail=source_detail,
+        schedule=False,
+        connector_slug=f"(unsaved {kind or 'config'})",
+    )
     outcome = process_with_details(
         delivery.pk, policy=replace(RetryPolicy.from_settings(), max_attempts=1), config=config
     )
@@ -112,7 +150,8 @@ def send_test(to: str, type: str = UsageType.GENERIC, payload: dict[str, Any] | 
     if target is not None:
         ok = finished.status == DeliveryStatus.SENT
         Connector.objects.filter(pk=target.pk).update(
-            last_test_at=timezone.now(), last_test_ok=ok,
+            last_test_at=timezone.now(),
+            last_test_ok=ok,
             last_test_summary=(finished.server_reply if ok else finished.error)[:300],
         )
     return outcome
@@ -132,30 +171,55 @@ def sample_payload(locale: str | None = None) -> dict[str, Any]:
     }
 
 
-def create_delivery(target: Connector | None, to: str, usage_type: str, locale: str,
-                    payload: dict[str, Any], sealed: dict[str, Any], *, source: str,
-                    source_detail: str = "", ip: str | None = None,
-                    idempotency_key: str | None = None, schedule: bool = True,
-                    connector_slug: str = "", api_token: Any = None) -> Delivery:
+def create_delivery(
+    target: Connector | None,
+    to: str,
+    usage_type: str,
+    locale: str,
+    payload: dict[str, Any],
+    sealed: dict[str, Any],
+    *,
+    source: str,
+    source_detail: str = "",
+    ip: str | None = None,
+    idempotency_key: str | None = None,
+    schedule: bool = True,
+    connector_slug: str = "",
+    api_token: Any = None,
+) -> Delivery:
     """Store the delivery, schedule it once committed, and return it."""
     key = (idempotency_key or "")[:200]
+    delivery = Delivery(
+        connector=target,
+        connector_slug=target.slug if target else connector_slug,
+        to=to,
+        usage_type=usage_type,
+        locale=locale or "",
+        payload=redact(payload),
+        sealed=encrypt_secrets(sealed),
+        source=source,
+        source_detail=source_detail[:200],
+        ip=ip or None,
+        idempotency_key=key,
+        next_attempt_at=timezone.now(),
+        api_token=api_token,
+    )
+    if not key or target is None:
+        # One INSERT, committed on its own unless the caller holds a transaction open.
+        delivery.save(force_insert=True)
+        if schedule:
+            transaction.on_commit(lambda: enqueue(delivery))
+        return delivery
     with transaction.atomic():
-        if key and target is not None:
-            existing = idempotent_match(target, key)
-            if existing is not None:
-                return existing
-        delivery = Delivery(
-            connector=target, connector_slug=target.slug if target else connector_slug, to=to, usage_type=usage_type,
-            locale=locale or "", payload=redact(payload), sealed=encrypt_secrets(sealed),
-            source=source, source_detail=source_detail[:200], ip=ip or None,
-            idempotency_key=key, next_attempt_at=timezone.now(), api_token=api_token,
-        )
+        existing = idempotent_match(target, key)
+        if existing is not None:
+            return existing
         try:
             with transaction.atomic():
                 delivery.save(force_insert=True)
         except IntegrityError:
             # Another request with the same key committed first: answer with its delivery.
-            existing = idempotent_match(target, key) if key and target else None
+            existing = idempotent_match(target, key)
             if existing is None:
                 raise
             return existing
@@ -168,8 +232,17 @@ def enqueue(delivery: Delivery) -> None:
     from .delivery import schedule
 
     schedule(delivery.pk)
-    # With the in-process backend the attempt has already run: show its outcome to the caller.
-    delivery.refresh_from_db()
+    if runs_inline():
+        # The attempt has already run in this thread: show its outcome to the caller.
+        delivery.refresh_from_db()
+
+
+def runs_inline() -> bool:
+    """Tell whether the task backend runs tasks in the caller's thread (the embedded default)."""
+    from django.tasks import task_backends
+    from django.tasks.backends.immediate import ImmediateBackend
+
+    return isinstance(task_backends["default"], ImmediateBackend)
 
 
 def clean_address(to: object) -> str:
@@ -182,7 +255,9 @@ def clean_address(to: object) -> str:
     try:
         validate_address(to)
     except ValidationError:
-        raise SendError("invalid_address", f"{to!r} is not a valid email address.", path="to") from None
+        raise SendError(
+            "invalid_address", f"{to!r} is not a valid email address.", path="to"
+        ) from None
     return to
 
 
@@ -194,8 +269,9 @@ def clean_usage_type(value: object) -> str:
         except ValueError:
             pass
     names = ", ".join(UsageType.values)
-    raise SendError("invalid_usage_type", f"{value!r} is not a usage type; use one of {names}.",
-                    path="type")
+    raise SendError(
+        "invalid_usage_type", f"{value!r} is not a usage type; use one of {names}.", path="type"
+    )
 
 
 def clean_payload(payload: object) -> dict[str, Any]:
@@ -207,19 +283,26 @@ def clean_payload(payload: object) -> dict[str, Any]:
     try:
         size = len(json.dumps(payload, ensure_ascii=False).encode())
     except (TypeError, ValueError):
-        raise SendError("invalid_payload", "`payload` holds values that are not JSON.",
-                        path="payload") from None
+        raise SendError(
+            "invalid_payload", "`payload` holds values that are not JSON.", path="payload"
+        ) from None
     if size > MAX_PAYLOAD_BYTES:
-        raise SendError("invalid_payload", f"`payload` is {size} bytes; the limit is "
-                        f"{MAX_PAYLOAD_BYTES}.", path="payload")
+        raise SendError(
+            "invalid_payload",
+            f"`payload` is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}.",
+            path="payload",
+        )
     return payload
 
 
 def redact(payload: dict[str, Any]) -> dict[str, Any]:
     """Return the payload with its one-time values replaced, fit for the delivery log."""
     return {
-        key: REDACTED if key in ONE_TIME_KEYS
-        else redact(value) if isinstance(value, dict) else value
+        key: REDACTED
+        if key in ONE_TIME_KEYS
+        else redact(value)
+        if isinstance(value, dict)
+        else value
         for key, value in payload.items()
     }
 
@@ -229,14 +312,19 @@ def pick_connector(slug: str | None, *, allow_disabled: bool = False) -> Connect
     if slug:
         found = Connector.objects.filter(slug=slug).first()
         if found is None:
-            raise SendError("unknown_connector", f"No connector with slug {slug!r}.", path="connector")
+            raise SendError(
+                "unknown_connector", f"No connector with slug {slug!r}.", path="connector"
+            )
     else:
         found = Connector.objects.default()
         if found is None:
-            raise SendError("unknown_connector", "No connector is configured yet.", path="connector")
+            raise SendError(
+                "unknown_connector", "No connector is configured yet.", path="connector"
+            )
     if not found.enabled and not allow_disabled:
-        raise SendError("connector_disabled", f"Connector {found.slug!r} is disabled.",
-                        path="connector")
+        raise SendError(
+            "connector_disabled", f"Connector {found.slug!r} is disabled.", path="connector"
+        )
     return found
 
 
@@ -251,10 +339,18 @@ def check_rate_limit(to: str) -> None:
     )
     if recent.count() >= limit:
         oldest = recent.order_by("created_at").values_list("created_at", flat=True).first()
-        retry_after = max(1, int((oldest + timedelta(seconds=window) - timezone.now()).total_seconds())) if oldest else window
-        raise SendError("rate_limited", f"{to} has been sent {limit} messages in the last "
-                        f"{window // 60} minutes; try again in {retry_after} s.", path="to",
-                        retry_after=retry_after)
+        retry_after = (
+            max(1, int((oldest + timedelta(seconds=window) - timezone.now()).total_seconds()))
+            if oldest
+            else window
+        )
+        raise SendError(
+            "rate_limited",
+            f"{to} has been sent {limit} messages in the last "
+            f"{window // 60} minutes; try again in {retry_after} s.",
+            path="to",
+            retry_after=retry_after,
+        )
 
 
 def idempotent_match(connector: Connector, key: str) -> Delivery | None:
@@ -266,4 +362,3 @@ def idempotent_match(connector: Connector, key: str) -> Delivery | None:
         return existing
     Delivery.objects.filter(pk=existing.pk).update(idempotency_key="")
     return None
-

@@ -67,7 +67,9 @@ def test_export_shows_defaults(smtp_connector):
 
 
 def test_import_reads_standard_input(monkeypatch, smtp_config):
-    out, _ = run("import", "piped", "-", stdin=json.dumps(smtp_config).encode(), monkeypatch=monkeypatch)
+    out, _ = run(
+        "import", "piped", "-", stdin=json.dumps(smtp_config).encode(), monkeypatch=monkeypatch
+    )
     assert "Created smtp connector piped" in out
     assert Connector.objects.get(slug="piped").secret_values() == {"auth.pass": SMTP_PASSWORD}
 
@@ -79,12 +81,19 @@ def test_import_guesses_http_kind(tmp_path, http_config):
 
 def test_invalid_import_prints_located_errors_and_changes_nothing(tmp_path, smtp_connector):
     before = (smtp_connector.settings, smtp_connector.secrets, ConnectorRevision.objects.count())
-    text = '{\n  "host": "smtp.example.test",\n  "port": "not a port",\n  "fromEmial": "x@example.test"\n}\n'
+    text = (
+        '{\n  "host": "smtp.example.test",\n  "port": "not a port",\n'
+        '  "fromEmial": "x@example.test"\n}\n'
+    )
     with pytest.raises(CommandError, match="nothing was changed") as caught:
         run("import", smtp_connector.slug, write(tmp_path, text))
     assert caught.value.returncode == 1
     smtp_connector.refresh_from_db()
-    assert (smtp_connector.settings, smtp_connector.secrets, ConnectorRevision.objects.count()) == before
+    assert (
+        smtp_connector.settings,
+        smtp_connector.secrets,
+        ConnectorRevision.objects.count(),
+    ) == before
 
 
 def test_errors_are_printed_as_line_column_path_message(tmp_path, capsys):
@@ -100,7 +109,9 @@ def test_errors_are_printed_as_line_column_path_message(tmp_path, capsys):
 def test_invalid_json_gives_line_and_column(tmp_path):
     err = io.StringIO()
     with pytest.raises(CommandError):
-        call_command("connectors", "import", "broken", write(tmp_path, '{\n  "host": ,\n}'), stderr=err)
+        call_command(
+            "connectors", "import", "broken", write(tmp_path, '{\n  "host": ,\n}'), stderr=err
+        )
     assert err.getvalue().startswith("2:11: ")
 
 
@@ -119,7 +130,7 @@ def test_import_refuses_to_change_kind(tmp_path, smtp_connector, http_config):
 
 
 def test_unreadable_file_is_a_clear_error():
-    with pytest.raises(CommandError, match="Cannot read /nonexistent.json"):
+    with pytest.raises(CommandError, match=r"Cannot read /nonexistent\.json"):
         run("import", "x", "/nonexistent.json")
 
 

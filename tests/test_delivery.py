@@ -55,10 +55,14 @@ def smtp():
 
 
 def connector_for(server: SmtpServer, slug: str = "sink", **overrides: Any):
-    config = server.config(templates=templates(*REQUIRED) + [{
-        "usageType": "SignIn", "contentType": "text/html", "locale": "fr",
-        "subject": "Connexion", "content": "<p>Code : <b>{{code}}</b> pour {{user.name}}</p>",
-    }], **overrides)
+    french_html = {
+        "usageType": "SignIn",
+        "contentType": "text/html",
+        "locale": "fr",
+        "subject": "Connexion",
+        "content": "<p>Code : <b>{{code}}</b> pour {{user.name}}</p>",
+    }
+    config = server.config(templates=[*templates(*REQUIRED), french_html], **overrides)
     result = schema.validate_config_data("smtp", config)
     assert result.ok, result.errors
     return make_connector(slug, "smtp", result.data)
@@ -79,9 +83,12 @@ def test_embedded_default_delivers_right_after_commit(embedded_mode, smtp):
 
 def test_delivery_renders_the_locale_template_html_escaped(worker_mode, smtp):
     connector_for(smtp)
-    delivery = send_message("ada@example.test", "SignIn",
-                            {"code": "111222", "user": {"name": "<script>x</script>"}},
-                            locale="fr-CA")
+    delivery = send_message(
+        "ada@example.test",
+        "SignIn",
+        {"code": "111222", "user": {"name": "<script>x</script>"}},
+        locale="fr-CA",
+    )
     process(delivery.pk)
     message = smtp.messages[0].message
     assert message["Subject"] == "Connexion"
@@ -92,7 +99,9 @@ def test_delivery_renders_the_locale_template_html_escaped(worker_mode, smtp):
 
 def test_one_time_values_are_encrypted_while_pending_and_scrubbed_after(worker_mode, smtp):
     connector_for(smtp)
-    delivery = send_message("ada@example.test", "Register", {"code": "739146", "link": "https://x.test/l"})
+    delivery = send_message(
+        "ada@example.test", "Register", {"code": "739146", "link": "https://x.test/l"}
+    )
     with connection.cursor() as cursor:
         cursor.execute("SELECT * FROM connectors_delivery")
         assert "739146" not in repr(cursor.fetchall())
@@ -164,7 +173,9 @@ def test_server_down_then_up_delivers_everything(worker_mode, smtp):
     for delivery_id in ids:
         process(delivery_id)
     assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.SENT}
-    assert sorted(m.rcpt_tos[0] for m in smtp.messages) == [f"user{i}@example.test" for i in range(3)]
+    assert sorted(m.rcpt_tos[0] for m in smtp.messages) == [
+        f"user{i}@example.test" for i in range(3)
+    ]
 
 
 def test_a_lapsed_lease_is_recovered_and_a_held_one_is_not(worker_mode, smtp):
@@ -172,12 +183,16 @@ def test_a_lapsed_lease_is_recovered_and_a_held_one_is_not(worker_mode, smtp):
     delivery = send_message("ada@example.test", "SignIn", {"code": "1"})
     # A worker claimed it and died: the row says sending, with a lease that runs out.
     Delivery.objects.filter(pk=delivery.pk).update(
-        status=DeliveryStatus.SENDING, lease_owner="dead-worker",
-        lease_expires_at=timezone.now() + timedelta(minutes=5), attempts=1,
+        status=DeliveryStatus.SENDING,
+        lease_owner="dead-worker",
+        lease_expires_at=timezone.now() + timedelta(minutes=5),
+        attempts=1,
     )
     assert process(delivery.pk) is None  # a live lease is respected
     assert recover() == 0
-    Delivery.objects.filter(pk=delivery.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    Delivery.objects.filter(pk=delivery.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
     assert recover() == 1
     process(delivery.pk)
     delivery.refresh_from_db()
@@ -205,13 +220,16 @@ def test_recipient_rate_limit(worker_mode, settings, smtp):
     send_message("grace@example.test", "SignIn", {"code": "1"})  # others are not affected
 
 
-@pytest.mark.parametrize(("to", "usage", "payload", "code"), [
-    ("not-an-address", "SignIn", None, "invalid_address"),
-    ("a@example.test\r\nBcc: x@evil.test", "SignIn", None, "invalid_address"),
-    ("a@example.test", "Nope", None, "invalid_usage_type"),
-    ("a@example.test", "SignIn", ["not", "an", "object"], "invalid_payload"),
-    ("a@example.test", "SignIn", {"big": "x" * 70000}, "invalid_payload"),
-])
+@pytest.mark.parametrize(
+    ("to", "usage", "payload", "code"),
+    [
+        ("not-an-address", "SignIn", None, "invalid_address"),
+        ("a@example.test\r\nBcc: x@evil.test", "SignIn", None, "invalid_address"),
+        ("a@example.test", "Nope", None, "invalid_usage_type"),
+        ("a@example.test", "SignIn", ["not", "an", "object"], "invalid_payload"),
+        ("a@example.test", "SignIn", {"big": "x" * 70000}, "invalid_payload"),
+    ],
+)
 def test_bad_input_is_a_typed_error(worker_mode, smtp, to, usage, payload, code):
     connector_for(smtp)
     with pytest.raises(SendError) as caught:
@@ -273,10 +291,19 @@ def test_send_test_of_a_new_connector(worker_mode, smtp):
 
 def test_django_mail_backend_goes_through_the_log(embedded_mode, settings, smtp):
     connector_for(smtp)
-    settings.MAILERS = {"connectors": {"BACKEND": "connectors.mail.ConnectorEmailBackend",
-                                       "OPTIONS": {"connector": "sink"}}}
-    sent = send_mail("Hello", "Plain body", "App <app@example.test>",
-                     ["a@example.test", "b@example.test"], using="connectors")
+    settings.MAILERS = {
+        "connectors": {
+            "BACKEND": "connectors.mail.ConnectorEmailBackend",
+            "OPTIONS": {"connector": "sink"},
+        }
+    }
+    sent = send_mail(
+        "Hello",
+        "Plain body",
+        "App <app@example.test>",
+        ["a@example.test", "b@example.test"],
+        using="connectors",
+    )
     assert sent == 1
     assert Delivery.objects.filter(source="mail", status=DeliveryStatus.SENT).count() == 2
     assert sorted(m.rcpt_tos[0] for m in smtp.messages) == ["a@example.test", "b@example.test"]

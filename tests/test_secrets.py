@@ -20,13 +20,14 @@ pytestmark = pytest.mark.django_db
 def raw_rows(table: str) -> str:
     """Return every column of every row of a table, as the database holds them."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT * FROM {table}")  # noqa: S608 (table names are ours)
+        cursor.execute(f"SELECT * FROM {table}")
         return repr(cursor.fetchall())
 
 
 def test_secret_is_absent_from_every_database_column(smtp_connector, http_connector):
     everything = "".join(
-        raw_rows(t) for t in ("connectors_connector", "connectors_template", "connectors_connectorrevision")
+        raw_rows(t)
+        for t in ("connectors_connector", "connectors_template", "connectors_connectorrevision")
     )
     assert SMTP_PASSWORD not in everything
     assert HTTP_AUTHORIZATION not in everything
@@ -53,7 +54,9 @@ def test_saving_a_new_secret_replaces_the_stored_one(smtp_connector):
     config = smtp_connector.config()
     config["auth"]["pass"] = "new-password"
     smtp_connector.apply_config(config)
-    assert Connector.objects.get(pk=smtp_connector.pk).secret_values() == {"auth.pass": "new-password"}
+    assert Connector.objects.get(pk=smtp_connector.pk).secret_values() == {
+        "auth.pass": "new-password"
+    }
 
 
 def test_the_mask_without_a_stored_secret_is_refused(db, smtp_config):
@@ -61,7 +64,7 @@ def test_the_mask_without_a_stored_secret_is_refused(db, smtp_config):
 
     smtp_config["auth"]["pass"] = MASK
     connector = Connector(slug="fresh", name="Fresh", kind="smtp")
-    with pytest.raises(MissingSecretError, match="auth.pass"):
+    with pytest.raises(MissingSecretError, match=r"auth\.pass"):
         connector.apply_config(smtp_config)
     assert not Connector.objects.filter(slug="fresh").exists()
 

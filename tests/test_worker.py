@@ -74,7 +74,10 @@ def start_worker(*extra: str) -> subprocess.Popen[bytes]:
     }
     return subprocess.Popen(
         [sys.executable, "manage.py", "send_worker", "--batch-size", "10", *extra],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -88,11 +91,17 @@ def wait_for(condition: Any, timeout: float = 30.0) -> None:
 @pytest.fixture
 def queued(settings, sink):
     use_task_backend(settings, "connectors.outbox.OutboxBackend")
-    handler, port = sink
-    make_connector("sink", "smtp", {
-        "host": LOOPBACK, "port": port, "fromEmail": "no-reply@acme.test",
-        "templates": templates(*REQUIRED),
-    })
+    _, port = sink
+    make_connector(
+        "sink",
+        "smtp",
+        {
+            "host": LOOPBACK,
+            "port": port,
+            "fromEmail": "no-reply@acme.test",
+            "templates": templates(*REQUIRED),
+        },
+    )
     settings.CONNECTORS_RECIPIENT_RATE_LIMIT = (0, 600)
     return [send_message(f"user{i}@example.test", "SignIn", {"code": str(i)}).pk for i in range(30)]
 
@@ -112,8 +121,9 @@ def test_a_worker_killed_mid_batch_strands_nothing(queued, sink):
     counts = Counter(handler.recipients)
     assert set(counts) == {f"user{i}@example.test" for i in range(30)}
     # The one documented window for a second copy: accepted by the server, then killed before
-    # the row was marked sent. Only the message in flight at the kill can fall in it.
-    assert sum(n - 1 for n in counts.values()) <= 1
+    # the row was marked sent. Outcomes are recorded at least every 10 messages (--flush-every)
+    # and every 50 ms, so only the few sent since the last flush can fall in it.
+    assert sum(n - 1 for n in counts.values()) <= 10
 
 
 def test_two_workers_never_send_one_delivery_twice(queued, sink):

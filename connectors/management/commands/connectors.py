@@ -25,11 +25,17 @@ class Command(BaseCommand):
         sub.add_parser("list", help="List the connectors.")
         show = sub.add_parser("show", help="Show a connector and its config (secrets masked).")
         show.add_argument("slug")
-        imp = sub.add_parser("import", help="Create or update a connector from a Logto-format JSON file.")
+        imp = sub.add_parser(
+            "import", help="Create or update a connector from a Logto-format JSON file."
+        )
         imp.add_argument("slug")
         imp.add_argument("file", help="JSON file, or - for standard input")
-        imp.add_argument("--kind", choices=schema.KINDS, help="Connector kind for a new connector "
-                         "(default: http when the config has an endpoint, else smtp).")
+        imp.add_argument(
+            "--kind",
+            choices=schema.KINDS,
+            help="Connector kind for a new connector "
+            "(default: http when the config has an endpoint, else smtp).",
+        )
         imp.add_argument("--name", help="Display name (default: the slug, for a new connector).")
         export = sub.add_parser("export", help="Print the config as JSON, secrets masked.")
         export.add_argument("slug")
@@ -62,11 +68,21 @@ class Command(BaseCommand):
             return
         rows = [("SLUG", "NAME", "KIND", "DEFAULT", "ENABLED", "TEMPLATES")]
         for c in connectors.order_by("slug"):
-            rows.append((c.slug, c.name, c.kind, "yes" if c.is_default else "",
-                         "yes" if c.enabled else "no", str(c.templates.count())))
+            rows.append(
+                (
+                    c.slug,
+                    c.name,
+                    c.kind,
+                    "yes" if c.is_default else "",
+                    "yes" if c.enabled else "no",
+                    str(c.templates.count()),
+                )
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
-            self.stdout.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+            self.stdout.write(
+                "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+            )
 
     def handle_show(self, *, slug: str, **options: Any) -> None:
         c = self.connector(slug)
@@ -76,7 +92,9 @@ class Command(BaseCommand):
         self.stdout.write(f"  default:   {'yes' if c.is_default else 'no'}")
         self.stdout.write(f"  enabled:   {'yes' if c.enabled else 'no'}")
         self.stdout.write(f"  templates: {c.templates.count()} ({', '.join(locales) or 'none'})")
-        self.stdout.write(f"  revisions: {c.revisions.count()}, last change {c.updated_at:%Y-%m-%d %H:%M %Z}")
+        self.stdout.write(
+            f"  revisions: {c.revisions.count()}, last change {c.updated_at:%Y-%m-%d %H:%M %Z}"
+        )
         self.stdout.write(schema.dump_config(c.config()), ending="")
 
     def handle_export(self, *, slug: str, **options: Any) -> None:
@@ -95,8 +113,15 @@ class Command(BaseCommand):
         after = f" {default.slug} is now the default." if default else " No connectors are left."
         self.stdout.write(f"Deleted {slug}.{after}")
 
-    def handle_test(self, *, slug: str, to: str, type: str, locale: str | None,  # noqa: A002
-                    **options: Any) -> None:
+    def handle_test(
+        self,
+        *,
+        slug: str,
+        to: str,
+        type: str,
+        locale: str | None,
+        **options: Any,
+    ) -> None:
         self.connector(slug)
         try:
             outcome = send_test(to, type, connector=slug, locale=locale, source_detail="cli")
@@ -115,13 +140,16 @@ class Command(BaseCommand):
             self.stderr.write(f"Hint: {delivery.hint}")
         raise CommandError(f"The test message to {delivery.to} was not sent.")
 
-    def handle_import(self, *, slug: str, file: str, kind: str | None, name: str | None,
-                      **options: Any) -> None:
+    def handle_import(
+        self, *, slug: str, file: str, kind: str | None, name: str | None, **options: Any
+    ) -> None:
         text = self.read(file)
         existing = Connector.objects.filter(slug=slug).first()
         if existing is not None:
             if kind and kind != existing.kind:
-                raise CommandError(f"{slug} is an {existing.kind} connector; it cannot become {kind}.")
+                raise CommandError(
+                    f"{slug} is an {existing.kind} connector; it cannot become {kind}."
+                )
             kind = existing.kind
         kind = kind or guess_kind(text)
         connector = existing or Connector(slug=slug, kind=kind, name=name or slug)
@@ -148,7 +176,9 @@ class Command(BaseCommand):
             count = f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
             raise CommandError(f"{count} in {file}; nothing was changed.")
         verb = "Updated" if existing else "Created"
-        self.stdout.write(f"{verb} {kind} connector {slug} ({connector.templates.count()} templates).")
+        self.stdout.write(
+            f"{verb} {kind} connector {slug} ({connector.templates.count()} templates)."
+        )
 
     def read(self, file: str) -> bytes:
         """Return the bytes of the file, or of standard input for `-`."""

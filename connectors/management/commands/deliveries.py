@@ -33,8 +33,15 @@ class Command(BaseCommand):
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         getattr(self, f"handle_{action}")(**options)
 
-    def handle_list(self, *, status: str | None, connector: str | None, to: str | None,
-                    limit: int, **options: Any) -> None:
+    def handle_list(
+        self,
+        *,
+        status: str | None,
+        connector: str | None,
+        to: str | None,
+        limit: int,
+        **options: Any,
+    ) -> None:
         deliveries = Delivery.objects.all()
         if status:
             deliveries = deliveries.filter(status=status)
@@ -55,20 +62,29 @@ class Command(BaseCommand):
         except (Delivery.DoesNotExist, ValidationError, ValueError):
             raise CommandError(f"No delivery with id {delivery_id!r}.") from None
 
-    def handle_show(self, *, id: str, **options: Any) -> None:  # noqa: A002
+    def handle_show(self, *, id: str, **options: Any) -> None:
         d = self.delivery(id)
         for label, value in [
-            ("id", d.pk), ("status", d.status), ("connector", d.connector_slug), ("to", d.to),
-            ("usage type", d.usage_type), ("locale", d.locale or "default"),
-            ("source", d.get_source_display()), ("created", d.created_at),
-            ("sent", d.sent_at or ""), ("message id", d.message_id), ("error", d.error),
+            ("id", d.pk),
+            ("status", d.status),
+            ("connector", d.connector_slug),
+            ("to", d.to),
+            ("usage type", d.usage_type),
+            ("locale", d.locale or "default"),
+            ("source", d.get_source_display()),
+            ("created", d.created_at),
+            ("sent", d.sent_at or ""),
+            ("message id", d.message_id),
+            ("error", d.error),
             ("hint", d.hint),
         ]:
             if value != "":
                 self.stdout.write(f"{label + ':':<12} {value}")
         for a in d.attempt_log.all():
-            self.stdout.write(f"  attempt {a.number} at {a.started_at:%H:%M:%S} ({a.elapsed_ms} ms): "
-                              f"{a.get_outcome_display()} {a.server_reply or a.error}".rstrip())
+            self.stdout.write(
+                f"  attempt {a.number} at {a.started_at:%H:%M:%S} ({a.elapsed_ms} ms): "
+                f"{a.get_outcome_display()} {a.server_reply or a.error}".rstrip()
+            )
 
     def handle_requeue(self, *, ids: list[str], all_failed: bool, **options: Any) -> None:
         if not ids and not all_failed:
@@ -79,11 +95,15 @@ class Command(BaseCommand):
         for d in chosen:
             if not d.sealed:
                 # One-time values are scrubbed when a delivery ends (DESIGN invariant 9).
-                self.stderr.write(f"{d.pk}: its content was scrubbed when it failed; the "
-                                  "application must send it anew.")
+                self.stderr.write(
+                    f"{d.pk}: its content was scrubbed when it failed; the "
+                    "application must send it anew."
+                )
                 continue
             Delivery.objects.filter(pk=d.pk).update(
-                status=DeliveryStatus.QUEUED, next_attempt_at=timezone.now(), attempts=0,
+                status=DeliveryStatus.QUEUED,
+                next_attempt_at=timezone.now(),
+                attempts=0,
                 finished_at=None,
             )
             schedule(d.pk)

@@ -20,15 +20,42 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--batch-size", type=int, default=50, help="deliveries per claim")
-        parser.add_argument("--interval", type=float, default=0.05,
-                            help="seconds to wait when nothing is due (default 0.05)")
-        parser.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
-                            help="stop after this long with nothing to do (for batch jobs, tests)")
+        parser.add_argument(
+            "--interval",
+            type=float,
+            default=0.05,
+            help="seconds to wait when nothing is due (default 0.05)",
+        )
+        parser.add_argument(
+            "--flush-every",
+            type=int,
+            default=10,
+            help="record outcomes at least every N messages (default 10); a "
+            "worker killed mid-batch may resend at most this many",
+        )
+        parser.add_argument(
+            "--exit-when-idle",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="stop after this long with nothing to do (for batch jobs, tests)",
+        )
 
-    def handle(self, *args: Any, batch_size: int, interval: float,
-               exit_when_idle: float | None, **options: Any) -> None:
-        worker = SendWorker(batch_size=batch_size, interval=interval,
-                            recover_every=settings.CONNECTORS_RECOVER_EVERY)
+    def handle(
+        self,
+        *args: Any,
+        batch_size: int,
+        interval: float,
+        flush_every: int,
+        exit_when_idle: float | None,
+        **options: Any,
+    ) -> None:
+        worker = SendWorker(
+            batch_size=batch_size,
+            interval=interval,
+            flush_every=flush_every,
+            recover_every=settings.CONNECTORS_RECOVER_EVERY,
+        )
         signal.signal(signal.SIGTERM, worker.stop)
         signal.signal(signal.SIGINT, worker.stop)
         self.stdout.write(f"send_worker started (batch {batch_size}, poll every {interval}s)")

@@ -1,0 +1,293 @@
+"""Benchmark the send service: throughput and latency from send_message() to an SMTP sink.
+
+    .venv/bin/python bench/send_bench.py [--messages 3000] [--database-url postgres://...]
+
+Prints, from one run on one machine, so that the ratios hold however busy it is:
+  - baseline A: raw smtplib over one persistent connection (the ceiling for Python);
+  - baseline B: Django's send_mail with a new SMTP connection per message;
+  - ours: send_message() -> Delivery row -> send_worker(s) -> sink, with one and with two
+    workers, every message logged (Delivery + DeliveryAttempt rows);
+  - latency: accept (send_message returned) to delivered (the sink has it), at 50 messages/s.
+The sink is aiosmtpd in a process of its own. The database is a fresh PostgreSQL database
+(`connector_bench`), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_sink(port: int, log_path: str, ready: multiprocessing.synchronize.Event) -> None:
+    """Accept every message; append "recipient arrival-time" lines to log_path."""
+    from aiosmtpd.controller import Controller
+
+    log = open(log_path, "a", buffering=1)  # noqa: SIM115 (lives as long as the process)
+
+    class Sink:
+        async def handle_DATA(self, server, session, envelope):
+            now = time.time()
+            for rcpt in envelope.rcpt_tos:
+                log.write(f"{rcpt} {now}\n")
+            return "250 2.0.0 Ok: queued"
+
+    controller = Controller(Sink(), hostname="127.0.0.1", port=port, server_hostname="localhost")
+    controller.start()
+    ready.set()
+    while True:
+        time.sleep(3600)
+
+
+class SinkProcess:
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.log = directory / "sink.log"
+        self.log.write_text("")
+        ready = multiprocessing.Event()
+        self.process = multiprocessing.Process(
+            target=run_sink, args=(self.port, str(self.log), ready), daemon=True
+        )
+        self.process.start()
+        ready.wait(10)
+
+    def arrivals(self) -> dict[str, float]:
+        """Return recipient -> first arrival time."""
+        seen: dict[str, float] = {}
+        for line in self.log.read_text().splitlines():
+            rcpt, when = line.split()
+            seen.setdefault(rcpt, float(when))
+        return seen
+
+    def count(self) -> int:
+        return self.log.read_text().count("\n")
+
+    def reset(self) -> None:
+        self.log.write_text("")
+
+    def stop(self) -> None:
+        self.process.terminate()
+
+
+MESSAGE = (
+    b"From: bench@example.test\r\nTo: user@example.test\r\nSubject: Your code\r\n"
+    b"\r\nYour verification code is 123456.\r\n"
+)
+
+
+def baseline_persistent_smtplib(port: int, n: int) -> float:
+    """Return messages per second over one kept connection."""
+    client = smtplib.SMTP("127.0.0.1", port)
+    client.ehlo("bench.local")
+    start = time.perf_counter()
+    for i in range(n):
+        client.sendmail("bench@example.test", [f"raw{i}@example.test"], MESSAGE)
+    elapsed = time.perf_counter() - start
+    client.quit()
+    return n / elapsed
+
+
+def baseline_django_send_mail(port: int, n: int) -> float:
+    """Return messages per second with Django's SMTP backend, a new connection each time."""
+    from django.core.mail import send_mail
+    from django.core.mail.backends.smtp import EmailBackend
+
+    start = time.perf_counter()
+    for i in range(n):
+        backend = EmailBackend(host="127.0.0.1", port=port, use_tls=False, fail_silently=False)
+        send_mail(
+            "Your code",
+            "Your verification code is 123456.",
+            "bench@example.test",
+            [f"django{i}@example.test"],
+            connection=backend,
+        )
+    return n / (time.perf_counter() - start)
+
+
+def setup_database(url: str) -> None:
+    import psycopg
+    from django.core.management import call_command
+
+    admin_url = url.rsplit("/", 1)[0] + "/postgres"
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    call_command("migrate", verbosity=0)
+
+
+def drop_database(url: str) -> None:
+    import psycopg
+    from django.db import connections
+
+    connections.close_all()
+    admin_url = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+def start_workers(count: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "send_worker", "--batch-size", "100"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+
+
+def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.wait(30)
+
+
+def produce(prefix: str, n: int, rate: float | None, accepted: dict[str, float]) -> None:
+    """Call send_message n times, as fast as possible or at `rate` per second."""
+    from django.db import connection
+
+    from connectors.service import send_message
+
+    start = time.perf_counter()
+    for i in range(n):
+        if rate:
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        to = f"{prefix}{i}@example.test"
+        send_message(to, "SignIn", {"code": "123456", "user": {"name": "Bench"}})
+        accepted[to] = time.time()
+    connection.close()
+
+
+def run_ours(
+    sink: SinkProcess, n: int, workers: int, env: dict[str, str], prefix: str, producers: int = 2
+) -> tuple[float, float]:
+    """Return (end-to-end messages/s, accept calls/s) with `workers` send_workers running."""
+    sink.reset()
+    procs = start_workers(workers, env)
+    time.sleep(2)  # let the workers start
+    accepted: dict[str, float] = {}
+    threads = [
+        threading.Thread(target=produce, args=(f"{prefix}p{p}-", n // producers, None, accepted))
+        for p in range(producers)
+    ]
+    start = time.time()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    accept_rate = len(accepted) / (time.time() - start)
+    while sink.count() < len(accepted):
+        time.sleep(0.01)
+    last = max(sink.arrivals().values())
+    stop_workers(procs)
+    return len(accepted) / (last - start), accept_rate
+
+
+def run_latency(sink: SinkProcess, rate: float, seconds: float, env: dict[str, str]) -> list[float]:
+    """Return accept-to-delivered latencies (ms) at a steady `rate` with one worker."""
+    sink.reset()
+    procs = start_workers(1, env)
+    time.sleep(2)
+    accepted: dict[str, float] = {}
+    produce("lat", int(rate * seconds), rate, accepted)
+    while sink.count() < len(accepted):
+        time.sleep(0.01)
+    arrivals = sink.arrivals()
+    stop_workers(procs)
+    return sorted((arrivals[to] - at) * 1000 for to, at in accepted.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument(
+        "--database-url", default="postgres://postgres@127.0.0.1:5432/connector_bench"
+    )
+    args = parser.parse_args()
+
+    from cryptography.fernet import Fernet
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": args.database_url,
+        "TASKS_BACKEND": "connectors.outbox.OutboxBackend",
+        "CONNECTOR_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "CONNECTORS_RECIPIENT_RATE_LIMIT": "0",
+        "DEBUG": "false",
+        "LOG_LEVEL": "WARNING",
+    }
+    os.environ.update(env)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "console.settings"
+    import django
+
+    django.setup()
+    setup_database(args.database_url)
+    directory = ROOT / "var" / "bench"
+    directory.mkdir(parents=True, exist_ok=True)
+    sink = SinkProcess(directory)
+    try:
+        from connectors import schema
+        from connectors.models import Connector
+
+        config = schema.example_config("smtp")
+        for key in ("auth", "tls", "requireTLS", "servername", "localAddress", "customHeaders"):
+            config.pop(key, None)
+        config.update(
+            host="127.0.0.1", port=sink.port, ignoreTLS=True, fromEmail="Bench <bench@example.test>"
+        )
+        result = schema.validate_config_data("smtp", config)
+        assert result.ok, result.errors
+        Connector(slug="bench", name="Bench", kind="smtp").apply_config(result.data)
+        n = args.messages
+
+        print(f"messages per run: {n}; CPU cores: {os.cpu_count()}; database: PostgreSQL")
+        raw = baseline_persistent_smtplib(sink.port, n)
+        print(f"baseline A  smtplib, one persistent connection : {raw:8.0f} msg/s  (1.00x)")
+        dj = baseline_django_send_mail(sink.port, n // 3)
+        print(
+            f"baseline B  Django send_mail, new connection   : {dj:8.0f} msg/s  ({dj / raw:.2f}x)"
+        )
+        for workers in (1, 2):
+            rate, accept = run_ours(sink, n, workers, env, f"w{workers}-")
+            print(
+                f"ours, {workers} worker{'s' if workers > 1 else ' '} send_message->sink, logged  : "  # noqa: E501
+                f"{rate:8.0f} msg/s  ({rate / raw:.2f}x)   [send_message accepted {accept:.0f}/s]"
+            )
+        latencies = run_latency(sink, rate=50, seconds=10, env=env)
+        median = statistics.median(latencies)
+        p95 = latencies[int(len(latencies) * 0.95)]
+        print(
+            f"latency at 50 msg/s, 1 worker, accept->delivered: median {median:.1f} ms, "
+            f"p95 {p95:.1f} ms, max {latencies[-1]:.1f} ms ({len(latencies)} messages)"
+        )
+    finally:
+        sink.stop()
+        drop_database(args.database_url)
+
+
+if __name__ == "__main__":
+    main()
