@@ -207,6 +207,22 @@ def run_ours(
     return len(accepted) / (last - start), accept_rate
 
 
+def run_drain(sink: SinkProcess, n: int, workers: int, env: dict[str, str], prefix: str) -> float:
+    """Return messages/s for `workers` send_workers draining n deliveries queued beforehand."""
+    sink.reset()
+    accepted: dict[str, float] = {}
+    produce(prefix, n, None, accepted)
+    procs = start_workers(workers, env)
+    while sink.count() == 0:
+        time.sleep(0.001)
+    first = min(sink.arrivals().values())
+    while sink.count() < n:
+        time.sleep(0.01)
+    last = max(sink.arrivals().values())
+    stop_workers(procs)
+    return (n - 1) / (last - first)
+
+
 def run_latency(sink: SinkProcess, rate: float, seconds: float, env: dict[str, str]) -> list[float]:
     """Return accept-to-delivered latencies (ms) at a steady `rate` with one worker."""
     sink.reset()
@@ -271,6 +287,12 @@ def main() -> None:
         print(
             f"baseline B  Django send_mail, new connection   : {dj:8.0f} msg/s  ({dj / raw:.2f}x)"
         )
+        for workers in (1, 2):
+            drain = run_drain(sink, n, workers, env, f"d{workers}-")
+            print(
+                f"ours, {workers} worker{'s' if workers > 1 else ' '} draining a queued backlog     : "  # noqa: E501
+                f"{drain:8.0f} msg/s  ({drain / raw:.2f}x)"
+            )
         for workers in (1, 2):
             rate, accept = run_ours(sink, n, workers, env, f"w{workers}-")
             print(

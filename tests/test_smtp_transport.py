@@ -382,7 +382,17 @@ def test_a_transport_reuses_its_connection(plain_server: SmtpServer) -> None:
 
     assert plain_server.connections == 1
     assert len(plain_server.messages) == 2
+    assert second.transcript[0].startswith("C: mail from")  # used a moment ago: no NOOP probe
+
+
+def test_a_connection_idle_for_a_while_is_probed_before_reuse(plain_server: SmtpServer) -> None:
+    config = plain_server.config()
+    with SmtpTransport(config) as transport:
+        transport.send(message(config), to_type="SignIn", payload=PAYLOAD)
+        transport.idle_since -= 60  # a minute passes
+        second = transport.send(message(config), to_type="SignIn", payload=PAYLOAD)
     assert second.transcript[0] == "C: noop"
+    assert plain_server.connections == 1
 
 
 def test_a_transport_reconnects_when_the_server_dropped_the_idle_connection(
