@@ -33,7 +33,7 @@ from django.utils import timezone
 from .models import Connector, Delivery, DeliveryAttempt, DeliverySource, DeliveryStatus
 from .rendering import RenderedMessage, RenderError, choose_template, render_message
 from .secrets import DecryptionError, decrypt_secrets
-from .transports import get_transport
+from .transports import SmtpTransport, get_transport
 from .transports.base import SendResult, Transport, TransportError
 
 logger = logging.getLogger(__name__)
@@ -275,7 +275,13 @@ def attempt(delivery: Delivery, config: dict[str, Any] | None = None) -> SendRes
             )
     transport = transport_for(connector, config)
     try:
-        return transport.send(message, to_type=delivery.usage_type, payload=payload, ip=delivery.ip)
+        result = transport.send(
+            message, to_type=delivery.usage_type, payload=payload, ip=delivery.ip
+        )
+        if isinstance(transport, SmtpTransport) and transport.refreshed_token is not None:
+            renewed, transport.refreshed_token = transport.refreshed_token, None
+            connector.store_access_token(renewed.access_token, renewed.expires)
+        return result
     except TransportError:
         # A failed connection is not worth keeping; the next attempt starts afresh.
         close_quietly(transport)

@@ -170,6 +170,24 @@ class Connector(models.Model):
         """Return the config as shown anywhere: every secret masked."""
         return self.config()
 
+    def store_access_token(self, access_token: str, expires: int | None) -> None:
+        """Keep an OAuth2 access token the transport renewed, without making a new revision."""
+        with transaction.atomic():
+            fresh = Connector.objects.select_for_update().get(pk=self.pk)
+            secret_values = fresh.secret_values()
+            secret_values["auth.accessToken"] = access_token
+            settings = dict(fresh.settings)
+            auth = dict(settings.get("auth") or {})
+            if expires:
+                auth["expires"] = expires
+            settings["auth"] = auth
+            # updated_at stays: the config is the same one, only its token is newer.
+            Connector.objects.filter(pk=self.pk).update(
+                secrets=encrypt_secrets(secret_values),
+                secret_paths_stored=sorted(secret_values),
+                settings=settings,
+            )
+
     def resolve_masks(self, data: dict[str, Any]) -> dict[str, Any]:
         """Return data with every masked secret replaced by the stored one."""
         stored = self.secret_values() if self.pk else {}
@@ -380,6 +398,8 @@ class Delivery(models.Model):
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="delivery_due"),
             models.Index(fields=["to", "created_at"], name="delivery_recipient"),
+            # The HTTP API's per-token rate limit counts a token's recent deliveries.
+            models.Index(fields=["api_token", "created_at"], name="delivery_token_recent"),
         ]
         constraints = [
             # Two concurrent requests with one key cannot both insert; see Delivery.objects.

@@ -32,11 +32,19 @@ if [ ! -x .venv/bin/python ] || ! is_recent .venv/bin/python; then
     "$PY" -m venv .venv
 fi
 
-STAMP=.venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)
+STAMP=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -e "$STAMP" ]; then
     echo "Installing dependencies into .venv"
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,dev]"
+    # The project runs from this folder; only its dependencies (all extras) are installed.
+    .venv/bin/python -c 'import tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+extras = project.get("optional-dependencies", {})
+print("\n".join(project["dependencies"] + [d for group in extras.values() for d in group]))' \
+        > .venv/requirements.txt
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip \
+        2> >(grep -v "^WARNING: Location" >&2)
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r .venv/requirements.txt \
+        2> >(grep -v "^WARNING: Location" >&2)
     rm -f .venv/.installed-*
     touch "$STAMP"
 fi

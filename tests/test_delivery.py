@@ -328,3 +328,32 @@ def test_cli_test_command(worker_mode, smtp, capsys):
     call_command("connectors", "test", "sink", "--to", "ada@example.test")
     assert "Sent Generic to ada@example.test" in capsys.readouterr().out
     assert json.loads(json.dumps(Delivery.objects.get().payload))["code"] == "[redacted]"
+
+
+def test_a_renewed_oauth2_token_is_stored_encrypted(worker_mode):
+    from .servers import OAuth2TokenServer
+
+    with (
+        OAuth2TokenServer(access_token="fresh-access-token") as tokens,
+        SmtpServer(tls="starttls", oauth_tokens={"mailer@acme.test": "fresh-access-token"}) as smtp,
+    ):
+        auth = {
+            "type": "OAuth2",
+            "user": "mailer@acme.test",
+            "clientId": "client-id",
+            "clientSecret": "client-s3cret",
+            "refreshToken": "refresh-s3cret",
+            "accessToken": "stale-access-token",
+            "expires": 1_000,
+            "accessUrl": tokens.token_url,
+        }
+        connector = connector_for(smtp, auth=auth)
+        revisions = connector.revisions.count()
+        process(send_message("ada@example.test", "SignIn", {"code": "1"}).pk)
+        close_transports()  # before the server stops, which waits for open TLS sessions
+        assert len(smtp.messages) == 1
+    connector.refresh_from_db()
+    assert connector.secret_values()["auth.accessToken"] == "fresh-access-token"
+    assert connector.settings["auth"]["expires"] > 1_000
+    assert "fresh-access-token" not in connector.secrets
+    assert connector.revisions.count() == revisions  # a token renewal is not a config change
