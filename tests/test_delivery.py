@@ -357,3 +357,16 @@ def test_a_renewed_oauth2_token_is_stored_encrypted(worker_mode):
     assert connector.settings["auth"]["expires"] > 1_000
     assert "fresh-access-token" not in connector.secrets
     assert connector.revisions.count() == revisions  # a token renewal is not a config change
+
+
+def test_a_connection_dropped_in_the_middle_of_data_is_retried(worker_mode, smtp):
+    connector_for(smtp)
+    smtp.drop_next_data()
+    delivery = send_message("ada@example.test", "SignIn", {"code": "1"})
+    process(delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.QUEUED and delivery.error
+    make_due(delivery)
+    process(delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.SENT and len(smtp.messages) == 1
