@@ -7,6 +7,8 @@ from typing import Any
 
 from django.conf import settings as conf
 from django.db import models, transaction
+from django.db.models import F
+from django.db.models.functions import Lower
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django.utils import timezone
@@ -397,7 +399,8 @@ class Delivery(models.Model):
         verbose_name_plural = "deliveries"
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="delivery_due"),
-            models.Index(fields=["to", "created_at"], name="delivery_recipient"),
+            # The per-recipient rate limit counts case-insensitively.
+            models.Index(Lower("to"), F("created_at"), name="delivery_recipient"),
             # The HTTP API's per-token rate limit counts a token's recent deliveries.
             models.Index(fields=["api_token", "created_at"], name="delivery_token_recent"),
         ]

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import EmailValidator
 from django.db import IntegrityError, transaction
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from .delivery import AttemptOutcome
@@ -334,8 +335,10 @@ def check_rate_limit(to: str) -> None:
     if not limit:
         return
     since = timezone.now() - timedelta(seconds=window)
-    recent = Delivery.objects.filter(to__iexact=to, created_at__gte=since).exclude(
-        source=DeliverySource.TEST
+    recent = (
+        Delivery.objects.alias(recipient=Lower("to"))
+        .filter(recipient=to.lower(), created_at__gte=since)
+        .exclude(source=DeliverySource.TEST)
     )
     if recent.count() >= limit:
         oldest = recent.order_by("created_at").values_list("created_at", flat=True).first()
