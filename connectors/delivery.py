@@ -7,7 +7,7 @@ if it still holds the lease. So:
 1. two workers never send one delivery at once (the claim is one conditional UPDATE);
 2. a worker that dies mid-send strands nothing: its lease lapses and `recover()` or any worker
    claims the row again (the one window for a second copy: the server accepted the message and
-   the worker died before marking the row sent);
+   the worker died before recording it, which a worker does every few messages);
 3. transient failures go back to `queued` with a later `next_attempt_at`; permanent ones, or
    retries past the configured attempts or age, end in `failed`.
 """
@@ -97,15 +97,25 @@ def transport_for(connector: Connector, config: dict[str, Any]) -> Transport:
     """Return this thread's open transport for the connector's current config."""
     pool = _transports()
     now = time.monotonic()
-    for key, (transport, last_used) in list(pool.items()):
-        stale = key[0] == connector.pk and key[1] != connector.updated_at.isoformat()
-        if stale or now - last_used > IDLE_SECONDS:
-            close_quietly(transport)
+    close_idle_transports()
+    for key, (transport, _) in list(pool.items()):
+        if key[0] == connector.pk and key[1] != connector.updated_at.isoformat():
+            close_quietly(transport)  # an older version of this connector's config
             del pool[key]
     key = (connector.pk, connector.updated_at.isoformat())
     transport = pool[key][0] if key in pool else get_transport(connector.kind, config)
     pool[key] = (transport, now)
     return transport
+
+
+def close_idle_transports(idle_seconds: float = IDLE_SECONDS) -> None:
+    """Close this thread's transports that have not been used for a while."""
+    pool = _transports()
+    now = time.monotonic()
+    for key, (transport, last_used) in list(pool.items()):
+        if now - last_used > idle_seconds:
+            close_quietly(transport)
+            del pool[key]
 
 
 def close_transports() -> None:

@@ -24,6 +24,7 @@ from .delivery import (
     AttemptOutcome,
     RetryPolicy,
     claim_batch,
+    close_idle_transports,
     close_transports,
     record,
     recover,
@@ -118,6 +119,7 @@ class SendWorker:
                     continue
                 if max_idle is not None and time.monotonic() - idle_since >= max_idle:
                     return
+                close_idle_transports()
                 close_old_connections()
                 time.sleep(self.interval)
         finally:

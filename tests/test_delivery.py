@@ -370,3 +370,16 @@ def test_a_connection_dropped_in_the_middle_of_data_is_retried(worker_mode, smtp
     process(delivery.pk)
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.SENT and len(smtp.messages) == 1
+
+
+def test_a_worker_reuses_one_connection_and_closes_it_when_idle(worker_mode, smtp):
+    from connectors.delivery import _transports, close_idle_transports
+
+    connector_for(smtp)
+    for i in range(3):
+        process(send_message(f"user{i}@example.test", "SignIn", {"code": "1"}).pk)
+    assert smtp.connections == 1 and len(smtp.messages) == 3
+    close_idle_transports(idle_seconds=60)
+    assert len(_transports()) == 1  # used a moment ago: kept
+    close_idle_transports(idle_seconds=0)
+    assert _transports() == {}
