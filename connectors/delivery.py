@@ -14,6 +14,7 @@ if it still holds the lease. So:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -433,6 +434,32 @@ def schedule(delivery_id: Any, when: Any = None) -> None:
             timer.start()
         return
     deliver.enqueue(str(delivery_id))
+
+
+def requeue(delivery: Delivery) -> str:
+    """Queue a failed (or waiting) delivery for another attempt now; return "" or why not."""
+    if delivery.status == DeliveryStatus.SENT:
+        return "it was sent already"
+    if delivery.status == DeliveryStatus.SENDING:
+        return "it is being sent right now"
+    if delivery.source == DeliverySource.TEST:
+        return "Send tests are not retried: run Send test again"
+    redacted = "[redacted]" in json.dumps(delivery.payload)
+    if not delivery.sealed and (delivery.source == DeliverySource.MAIL or redacted):
+        # The one-time values (or the written message) were scrubbed when the delivery ended:
+        # a retry would send "[redacted]" where the code was.
+        return (
+            "its content was scrubbed when it failed (one-time codes are not kept), so it "
+            "cannot be sent again: the application must send a new message"
+        )
+    with transaction.atomic():
+        updated = Delivery.objects.filter(
+            pk=delivery.pk, status__in=[DeliveryStatus.QUEUED, DeliveryStatus.FAILED]
+        ).update(status=DeliveryStatus.QUEUED, next_attempt_at=timezone.now(), finished_at=None)
+        if not updated:
+            return "its status changed meanwhile"
+        transaction.on_commit(lambda: schedule(delivery.pk))
+    return ""
 
 
 def recover(*, now: Any = None, grace: timedelta = timedelta(seconds=60)) -> int:

@@ -401,8 +401,13 @@ class Delivery(models.Model):
             models.Index(fields=["status", "next_attempt_at"], name="delivery_due"),
             # The per-recipient rate limit counts case-insensitively.
             models.Index(Lower("to"), F("created_at"), name="delivery_recipient"),
-            # The HTTP API's per-token rate limit counts a token's recent deliveries.
-            models.Index(fields=["api_token", "created_at"], name="delivery_token_recent"),
+            # The HTTP API finds an Idempotency-Key's delivery whatever the connector, to answer
+            # 409 when the same key comes with another body (connectors/api.py).
+            models.Index(
+                fields=["idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="delivery_idempotency_lookup",
+            ),
         ]
         constraints = [
             # Two concurrent requests with one key cannot both insert; see Delivery.objects.
@@ -468,6 +473,9 @@ class ApiToken(models.Model):
     )
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The HTTP API's per-token rate limit: requests counted in the current fixed window.
+    rate_window = models.BigIntegerField(default=0, editable=False)
+    rate_count = models.PositiveIntegerField(default=0, editable=False)
 
     objects = ApiTokenQuerySet.as_manager()
 

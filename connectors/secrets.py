@@ -106,7 +106,9 @@ def _walk(config: dict[str, Any], path: str) -> tuple[dict[str, Any], str] | Non
     return None
 
 
-def split_secrets(config: Mapping[str, Any], paths: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_secrets(
+    config: Mapping[str, Any], paths: Iterable[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (config without its secrets, {path: secret}) ."""
     public = copy.deepcopy(dict(config))
     secrets: dict[str, Any] = {}

@@ -6,9 +6,11 @@ checks in `connectors.checks` say which of those defaults are unsafe in producti
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import environ
+from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOCAL_DIR = BASE_DIR / "var"  # kept out of version control: development keys, test database
@@ -27,7 +29,9 @@ def _local_key(name: str, generate: str) -> str:
         from cryptography.fernet import Fernet
 
         LOCAL_DIR.mkdir(exist_ok=True)
-        value = Fernet.generate_key().decode() if generate == "fernet" else secrets.token_urlsafe(50)
+        value = (
+            Fernet.generate_key().decode() if generate == "fernet" else secrets.token_urlsafe(50)
+        )
         path.write_text(value + "\n")
         path.chmod(0o600)
     return path.read_text().strip()
@@ -50,7 +54,7 @@ ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["localhost", "127.
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "connectors.console_app.ConsoleAdminConfig",  # django.contrib.admin; its site is the console
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -62,6 +66,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves the files `collectstatic` gathered in STATIC_ROOT from the app server itself, so
+    # production needs no separate file server; see README's production notes.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -82,6 +90,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.csp",  # the console's editor needs the nonce
             ],
         },
     },
@@ -95,8 +104,9 @@ DATABASES = {
 DATABASES["default"].setdefault("ATOMIC_REQUESTS", False)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file rather than memory, so the tests' worker processes can share the test database.
-    DATABASES["default"]["TEST"] = {"NAME": str(LOCAL_DIR / "test-db.sqlite3")}
-    # WAL lets the console read while a sender writes; a busy timeout instead of "database is locked".
+    # One file per test run (by process id): runs side by side must not share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(LOCAL_DIR / f"test-db-{os.getpid()}.sqlite3")}
+    # WAL lets the console read while a sender writes; a busy timeout, not "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20, "transaction_mode": "IMMEDIATE"}
     )
@@ -131,7 +141,9 @@ if env.bool("BEHIND_HTTPS_PROXY", default=False):
 # `python manage.py db_worker` on one or more machines.
 TASKS = {
     "default": {
-        "BACKEND": env.str("TASKS_BACKEND", default="django.tasks.backends.immediate.ImmediateBackend"),
+        "BACKEND": env.str(
+            "TASKS_BACKEND", default="django.tasks.backends.immediate.ImmediateBackend"
+        ),
     }
 }
 
@@ -141,7 +153,9 @@ CONNECTORS_MAX_AGE = env.int("CONNECTORS_MAX_AGE", default=3600)  # seconds
 CONNECTORS_RETRY_BASE_DELAY = env.float("CONNECTORS_RETRY_BASE_DELAY", default=5.0)  # seconds
 CONNECTORS_RETRY_MAX_DELAY = env.float("CONNECTORS_RETRY_MAX_DELAY", default=600.0)  # seconds
 CONNECTORS_LEASE_SECONDS = env.int("CONNECTORS_LEASE_SECONDS", default=300)
-CONNECTORS_RECOVER_EVERY = env.float("CONNECTORS_RECOVER_EVERY", default=30.0)  # seconds, per worker
+CONNECTORS_RECOVER_EVERY = env.float(
+    "CONNECTORS_RECOVER_EVERY", default=30.0
+)  # seconds, per worker
 CONNECTORS_RECIPIENT_RATE_LIMIT = (
     env.int("CONNECTORS_RECIPIENT_RATE_LIMIT", default=10),  # messages (0 = no limit) ...
     env.int("CONNECTORS_RECIPIENT_RATE_WINDOW", default=600),  # ... per this many seconds
@@ -154,3 +168,62 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
+
+# Console ------------------------------------------------------------------------------------------
+# The browser console (connectors/site.py, connectors/admin.py); docs/console.md explains each.
+
+# Only the console's own files may run or style a page: no inline scripts, no CDN. The HTML preview
+# of a template and the mail catcher's messages are served with their own, stricter policy.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    # The nonce is for the <style> elements the code editor (CodeMirror) writes; style attributes
+    # stay blocked.
+    "style-src": [CSP.SELF, CSP.NONCE],
+    "img-src": [CSP.SELF, "data:"],
+    "font-src": [CSP.SELF],
+    "connect-src": [CSP.SELF],
+    "frame-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.SELF],
+}
+LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "admin:index"
+# Failed log-ins allowed per user name and client address, per window of seconds, before the
+# login form refuses to check passwords for that pair (kept in the default cache).
+CONSOLE_LOGIN_FAILURE_LIMIT = (
+    env.int("CONSOLE_LOGIN_FAILURE_LIMIT", default=5),
+    env.int("CONSOLE_LOGIN_FAILURE_WINDOW", default=900),
+)
+# Send test: tests per administrator per window of seconds, and the time bound of one test.
+CONSOLE_SEND_TEST_LIMIT = (
+    env.int("CONSOLE_SEND_TEST_LIMIT", default=10),
+    env.int("CONSOLE_SEND_TEST_WINDOW", default=300),
+)
+CONSOLE_SEND_TEST_SECONDS = env.int("CONSOLE_SEND_TEST_SECONDS", default=20)
+# The development mail catcher (`manage.py mailcatcher`) and the console page that shows it.
+MAILCATCHER_ENABLED = env.bool("MAILCATCHER_ENABLED", default=DEBUG)
+MAILCATCHER_DIR = Path(env.str("MAILCATCHER_DIR", default=str(LOCAL_DIR / "mailcatcher")))
+
+# HTTP API ----------------------------------------------------------------------------------------
+# POST /api/v1/messages and friends (connectors/api.py); docs/api.md explains each setting.
+CONNECTORS_API_MAX_BODY_BYTES = env.int("CONNECTORS_API_MAX_BODY_BYTES", default=64 * 1024)
+# Send requests per token (0 = no limit) per window of seconds, counted in the database so the
+# limit holds across every worker process and machine.
+CONNECTORS_API_TOKEN_RATE_LIMIT = (
+    env.int("CONNECTORS_API_TOKEN_RATE_LIMIT", default=600),
+    env.int("CONNECTORS_API_TOKEN_RATE_WINDOW", default=60),
+)
+# Keep each server thread's database connection open between requests: opening a PostgreSQL
+# connection costs more than a whole API request. Checked before reuse, so a restarted database
+# costs one failed check, not an error. `?conn_max_age=N` in DATABASE_URL overrides it.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# Top-level body keys to accept and ignore: unknown keys are refused (400, "did you mean"), so a
+# client that starts sending a new one can be let through here until the console knows it.
+CONNECTORS_API_IGNORED_KEYS: list[str] = env.list("CONNECTORS_API_IGNORED_KEYS", default=[])
+# How long a worker trusts a token it has verified before looking it up again. Revocation applies
+# at once regardless; a change to a token's connectors applies within this time.
+CONNECTORS_API_TOKEN_CACHE_SECONDS = env.float("CONNECTORS_API_TOKEN_CACHE_SECONDS", default=10.0)

@@ -85,3 +85,41 @@ def http_connector(db: Any, http_config: dict[str, Any]) -> Any:
 @pytest.fixture
 def admin_user(db: Any, django_user_model: Any) -> Any:
     return django_user_model.objects.create_superuser("root", "root@example.test", "pw-root-123")
+
+
+def make_staff(django_user_model: Any, username: str, role: str) -> Any:
+    """Create a staff user in one of the console's roles (Viewer or Editor)."""
+    from django.contrib.auth.models import Group
+
+    from connectors.roles import create_roles
+
+    create_roles()
+    user = django_user_model.objects.create_user(
+        username, f"{username}@example.test", f"pw-{username}-123", is_staff=True
+    )
+    user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+@pytest.fixture
+def viewer_user(db: Any, django_user_model: Any) -> Any:
+    return make_staff(django_user_model, "vera", "Viewer")
+
+
+@pytest.fixture
+def editor_user(db: Any, django_user_model: Any) -> Any:
+    return make_staff(django_user_model, "eddie", "Editor")
+
+
+@pytest.fixture(autouse=True)
+def forget_rate_limits() -> None:
+    """Start each test with no log-in failures or Send tests counted (they live in the cache)."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings: Any) -> None:
+    """Hash the cast's passwords quickly: the production hasher takes half a second a user."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,4 +1,4 @@
-"""The Django admin is usable for connectors, and never shows a secret."""
+"""The console (a Django admin site) is usable for connectors, and never shows a secret."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def test_admin_pages_never_show_a_secret(admin_client, smtp_connector, http_conn
         reverse("admin:connectors_connector_changelist"),
         reverse("admin:connectors_connector_change", args=[smtp_connector.pk]),
         reverse("admin:connectors_connector_change", args=[http_connector.pk]),
-        reverse("admin:connectors_connectorrevision_changelist"),
-        reverse("admin:connectors_connectorrevision_change", args=[smtp_connector.revisions.get().pk]),
+        reverse("admin:connectors_connector_history", args=[smtp_connector.pk]),
+        reverse("admin:connectors_connector_history_diff", args=[smtp_connector.pk]),
     ]
     for url in pages:
         html = admin_client.get(url).content.decode()
@@ -45,13 +45,20 @@ def test_new_connector_form_is_prefilled_with_the_full_example(admin_client):
 def post_config(admin_client, url, **fields):
     data = {"name": "Main", "slug": "main", "kind": "smtp", "enabled": "on"}
     data.update({k: (json.dumps(v) if k == "config" else v) for k, v in fields.items()})
-    data.update({f"{prefix}-{k}": "0" for prefix in ("templates", "revisions")
-                 for k in ("TOTAL_FORMS", "INITIAL_FORMS")})
+    data.update(
+        {
+            f"{prefix}-{k}": "0"
+            for prefix in ("templates", "revisions")
+            for k in ("TOTAL_FORMS", "INITIAL_FORMS")
+        }
+    )
     return admin_client.post(url, data)
 
 
 def test_saving_in_the_admin_encrypts_and_keeps_masked_secrets(admin_client, smtp_config):
-    response = post_config(admin_client, reverse("admin:connectors_connector_add"), config=smtp_config)
+    response = post_config(
+        admin_client, reverse("admin:connectors_connector_add"), config=smtp_config
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     connector = Connector.objects.get(slug="main")
     assert connector.secret_values() == {"auth.pass": SMTP_PASSWORD}
@@ -69,7 +76,9 @@ def test_saving_in_the_admin_encrypts_and_keeps_masked_secrets(admin_client, smt
 
 def test_invalid_config_in_the_admin_shows_located_errors(admin_client, smtp_config):
     smtp_config["fromEmial"] = smtp_config.pop("fromEmail")
-    response = post_config(admin_client, reverse("admin:connectors_connector_add"), config=smtp_config)
+    response = post_config(
+        admin_client, reverse("admin:connectors_connector_add"), config=smtp_config
+    )
     assert response.status_code == 200
     assert "fromEmial" in response.content.decode() and "fromEmail" in response.content.decode()
     assert not Connector.objects.exists()

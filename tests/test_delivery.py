@@ -383,3 +383,25 @@ def test_a_worker_reuses_one_connection_and_closes_it_when_idle(worker_mode, smt
     assert len(_transports()) == 1  # used a moment ago: kept
     close_idle_transports(idle_seconds=0)
     assert _transports() == {}
+
+
+def test_requeue_resends_a_failed_delivery_without_one_time_values(worker_mode, settings, smtp):
+    from connectors.delivery import requeue
+
+    settings.CONNECTORS_MAX_ATTEMPTS = 1
+    connector_for(smtp)
+    smtp.fail_next("RCPT", 421)
+    plain = send_message("ada@example.test", "Generic", {"user": {"name": "Ada"}})
+    coded = send_message("bob@example.test", "SignIn", {"code": "123456"})
+    smtp.fail_next("RCPT", 421)
+    for delivery in (plain, coded):
+        process(delivery.pk)
+        delivery.refresh_from_db()
+        assert delivery.status == DeliveryStatus.FAILED and delivery.sealed == ""
+
+    assert "scrubbed" in requeue(coded)  # its code is gone: the application must send anew
+    assert requeue(plain) == ""
+    process(plain.pk)
+    plain.refresh_from_db()
+    assert plain.status == DeliveryStatus.SENT
+    assert requeue(plain) == "it was sent already"

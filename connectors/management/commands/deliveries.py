@@ -7,9 +7,8 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
-from connectors.delivery import recover, schedule
+from connectors.delivery import recover, requeue
 from connectors.models import Delivery, DeliveryStatus
 
 
@@ -90,24 +89,14 @@ class Command(BaseCommand):
         if not ids and not all_failed:
             raise CommandError("Name the deliveries to requeue, or pass --all-failed.")
         failed = Delivery.objects.filter(status=DeliveryStatus.FAILED)
-        chosen = failed if all_failed else failed.filter(pk__in=[self.delivery(i).pk for i in ids])
+        chosen = failed if all_failed else [self.delivery(i) for i in ids]
         requeued = 0
         for d in chosen:
-            if not d.sealed:
-                # One-time values are scrubbed when a delivery ends (DESIGN invariant 9).
-                self.stderr.write(
-                    f"{d.pk}: its content was scrubbed when it failed; the "
-                    "application must send it anew."
-                )
-                continue
-            Delivery.objects.filter(pk=d.pk).update(
-                status=DeliveryStatus.QUEUED,
-                next_attempt_at=timezone.now(),
-                attempts=0,
-                finished_at=None,
-            )
-            schedule(d.pk)
-            requeued += 1
+            refused = requeue(d)
+            if refused:
+                self.stderr.write(f"{d.pk}: not requeued: {refused}.")
+            else:
+                requeued += 1
         self.stdout.write(f"Requeued {requeued} deliveries.")
 
     def handle_recover(self, **options: Any) -> None:

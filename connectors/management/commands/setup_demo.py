@@ -30,8 +30,13 @@ class Command(BaseCommand):
             password_file.chmod(0o600)
         if not Connector.objects.filter(slug="demo").exists():
             config = schema.example_config("smtp")
-            config.update(host="127.0.0.1", port=1025, secure=False, ignoreTLS=True,
-                          fromEmail="Connector Console <no-reply@example.test>")
+            config.update(
+                host="127.0.0.1",
+                port=1025,
+                secure=False,
+                ignoreTLS=True,
+                fromEmail="Connector Console <no-reply@example.test>",
+            )
             for key in ("auth", "requireTLS", "tls", "servername", "localAddress"):
                 config.pop(key, None)
             result = schema.validate_config_data("smtp", config)
@@ -41,6 +46,8 @@ class Command(BaseCommand):
         if password_file.exists():
             credentials = f"user {DEMO_USERNAME!r}, password {password_file.read_text().strip()!r}"
         else:
-            credentials = (f"user {DEMO_USERNAME!r} (its password was set elsewhere; reset it with "
-                           f"`python manage.py changepassword {DEMO_USERNAME}`)")
+            credentials = (
+                f"user {DEMO_USERNAME!r} (its password was set elsewhere; reset it with "
+                f"`python manage.py changepassword {DEMO_USERNAME}`)"
+            )
         self.stdout.write(f"Demo administrator: {credentials}")

@@ -1,0 +1,806 @@
+"""The HTTP API for internal applications: send a message, read its outcome, check health.
+
+`POST /api/v1/messages` takes exactly the body Logto's HTTP email connector sends, so Logto can
+point that connector at us unchanged. Every answer is JSON, whatever the input: errors are
+`{"error": {"code", "message", "details": [{"path", "message"}]}}`. docs/api.md is the guide,
+`connectors.openapi` the contract.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import DisallowedHost
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db.models import Count, Min, Q
+from django.http import HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
+from django.urls import path, re_path
+from django.utils import timezone
+from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
+
+from . import openapi
+from .models import ApiToken, Connector, Delivery, DeliverySource, DeliveryStatus
+from .schema import _suggest
+from .service import SendError, send_message
+from .tokens import hash_token, verify_token
+
+logger = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 30
+IDEMPOTENCY_WINDOW = timedelta(hours=24)  # as the send service's
+LAST_USED_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per token
+FINGERPRINT_MARK = "body-sha256:"  # in Delivery.source_detail; see fingerprint()
+REALM = 'Bearer realm="Connector Console"'
+MAX_DEPTH = 32  # of a body's nesting; Logto's payloads have three levels
+
+BODY_FIELDS: dict[str, tuple[type, str]] = {
+    "to": (str, "a string (an email address)"),
+    "type": (str, "a string (a usage type such as SignIn)"),
+    "payload": (dict, "an object"),
+    "ip": (str, "a string (an IP address)"),
+    "connector": (str, "a string (a connector's slug)"),
+    "locale": (str, 'a string (a locale such as "fr-CA")'),
+}
+REQUIRED_FIELDS = ("to", "type")
+LOCALE = re.compile(r"[A-Za-z0-9_-]{1,35}")
+SLUG = re.compile(r"[-a-zA-Z0-9_]{1,100}")
+# Visible ASCII and spaces: a key that can travel in a header and be shown in a log unchanged.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,179}")
+JSON_TYPES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors and the envelope every view is wrapped in.
+
+
+class ApiError(Exception):
+    """An answer other than success: a status, a code for programs, a message for people."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or []
+        self.headers = headers or {}
+
+    def response(self) -> JsonResponse:
+        """Return the JSON error answer."""
+        body = {"error": {"code": self.code, "message": self.message, "details": self.details}}
+        return json_response(body, status=self.status, headers=self.headers)
+
+
+def json_response(
+    body: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> JsonResponse:
+    """Return JSON that no cache keeps (answers carry delivery state, never for sharing)."""
+    response = JsonResponse(
+        body, status=status, safe=False, json_dumps_params={"ensure_ascii": False}
+    )
+    response["Cache-Control"] = "no-store"
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+View = Callable[..., HttpResponse]
+
+
+def api_view(*methods: str) -> Callable[[View], View]:
+    """Wrap a view: its methods only, no CSRF (token auth), JSON for every failure, never HTML."""
+    allowed = set(methods) | ({"HEAD"} if "GET" in methods else set())
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                if request.method not in allowed:
+                    raise ApiError(
+                        405,
+                        "method_not_allowed",
+                        f"{request.path} answers {' and '.join(sorted(allowed))} only.",
+                        headers={"Allow": ", ".join(sorted(allowed))},
+                    )
+                return view(request, *args, **kwargs)
+            except ApiError as exc:
+                return exc.response()
+            except (OperationalError, InterfaceError):
+                logger.exception("database unreachable during %s %s", request.method, request.path)
+                return database_unavailable().response()
+            except Exception:
+                # A bug, not bad input: the person calling gets a JSON answer with no traceback,
+                # the operator gets the traceback in the log.
+                logger.exception("unexpected error during %s %s", request.method, request.path)
+                return ApiError(
+                    500,
+                    "internal_error",
+                    "Something went wrong on our side; the error has been logged. "
+                    "Try again; if it persists, tell the operator.",
+                ).response()
+
+        # Token auth, not cookies: there is no cross-site request to forge. Views manage their own
+        # transactions so that a 202 is only ever sent once the delivery is committed.
+        return csrf_exempt(transaction.non_atomic_requests(wrapper))
+
+    return decorate
+
+
+def database_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "database_unavailable",
+        "The database cannot be reached; nothing was stored. Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens.
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A verified token: which one, and the connectors it may send through."""
+
+    token_id: int
+    prefix: str
+    connectors: frozenset[str] | None  # slugs; None = every connector
+
+    def as_token(self) -> ApiToken:
+        """Return a stand-in row for relating a delivery to the token (no query)."""
+        return ApiToken(pk=self.token_id, prefix=self.prefix)
+
+
+# Verified senders, by token hash: (when verified, caller). Revocation still takes effect at once,
+# because every send re-checks it in the rate-limit UPDATE (admit()); what the cache spares is
+# the lookup and the scope query on each request.
+_callers: dict[str, tuple[float, Caller]] = {}
+MAX_CACHED_CALLERS = 1000
+
+
+def presented_token(request: HttpRequest) -> str:
+    """Return the bearer token in the Authorization header, or raise a 401."""
+    header = request.headers.get("Authorization", "")
+    if not header:
+        raise ApiError(
+            401,
+            "missing_token",
+            "Send an API token in the Authorization header: `Authorization: Bearer "
+            "cc_…`. Create one with `python manage.py create_api_token NAME`.",
+            headers={"WWW-Authenticate": REALM},
+        )
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer":
+        raise ApiError(
+            401,
+            "invalid_token",
+            f"The Authorization header uses the {scheme[:20]!r} scheme; use `Bearer "
+            "cc_…` with an API token.",
+            headers={"WWW-Authenticate": f'{REALM}, error="invalid_request"'},
+        )
+    return credentials.strip()
+
+
+def invalid_token() -> ApiError:
+    return ApiError(
+        401,
+        "invalid_token",
+        "This API token is unknown or has been revoked: check the client's "
+        "configuration, or create a new token.",
+        headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+    )
+
+
+def authenticate(request: HttpRequest) -> ApiToken:
+    """Return the active token of a request (looked up every time), or raise a 401."""
+    token = verify_token(presented_token(request))
+    if token is None:
+        raise invalid_token()
+    record_use(token)
+    return token
+
+
+def authenticate_sender(request: HttpRequest) -> Caller:
+    """Return the caller of a send request, verified at most every few seconds, or raise 401."""
+    token = presented_token(request)
+    digest = hash_token(token)
+    now = time.monotonic()
+    cached = _callers.get(digest)
+    if cached is not None and now - cached[0] < settings.CONNECTORS_API_TOKEN_CACHE_SECONDS:
+        return cached[1]
+    row = verify_token(token)
+    if row is None:
+        _callers.pop(digest, None)
+        raise invalid_token()
+    slugs = frozenset(row.connectors.values_list("slug", flat=True))
+    caller = Caller(token_id=row.pk, prefix=row.prefix, connectors=slugs or None)
+    if len(_callers) >= MAX_CACHED_CALLERS:
+        _callers.clear()
+    _callers[digest] = (now, caller)
+    return caller
+
+
+def forget_callers() -> None:
+    """Drop every cached verification (tests; a changed token scope applies at once)."""
+    _callers.clear()
+
+
+def record_use(token: ApiToken) -> None:
+    """Record when a token was last used, writing at most once a minute per token."""
+    now = timezone.now()
+    if token.last_used_at is not None and now - token.last_used_at < LAST_USED_EVERY:
+        return
+    # The condition makes concurrent requests on other workers skip the write too.
+    ApiToken.objects.filter(pk=token.pk).filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_EVERY)
+    ).update(last_used_at=now)
+    token.last_used_at = now
+
+
+def admit(caller: Caller) -> None:
+    """Count a send request against its token's limit; raise 429 over it, 401 if revoked.
+
+    One UPDATE on the token's row does it all: count the request in the current fixed window,
+    record the last use (at most once a minute), and see that the token is not revoked. The
+    database does the counting, so the limit holds across every worker process and machine with
+    no shared cache to run, at the cost of one short write per request. A fixed window may let
+    twice the limit through around a window's end; that is fine for a limit meant to stop a
+    runaway client.
+    """
+    limit, window = settings.CONNECTORS_API_TOKEN_RATE_LIMIT
+    window = max(1, window)
+    now = timezone.now()
+    current = int(now.timestamp()) // window
+    ops = connection.ops
+    cursor: Any
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # Raw SQL for RETURNING (count and read back in one statement); the one value
+            # put into the text is our own table's name.
+            f"UPDATE {ops.quote_name(ApiToken._meta.db_table)} "  # noqa: S608
+            "SET rate_count = CASE WHEN rate_window = %s THEN rate_count + 1 ELSE 1 END, "
+            "rate_window = %s, "
+            "last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < %s "
+            "THEN %s ELSE last_used_at END "
+            "WHERE id = %s AND revoked_at IS NULL RETURNING rate_count",
+            [
+                current,
+                current,
+                ops.adapt_datetimefield_value(now - LAST_USED_EVERY),
+                ops.adapt_datetimefield_value(now),
+                caller.token_id,
+            ],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        _callers.clear()
+        raise invalid_token()
+    if limit and row[0] > limit:
+        retry = max(1, (current + 1) * window - int(now.timestamp()))
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"This token has made {limit} send requests in this {window}-second window, its "
+            f"limit; try again in {retry} s.",
+            headers={"Retry-After": str(retry)},
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Request bodies.
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            # JSON parsers disagree on which of two equal keys wins: refuse rather than guess.
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_json(request: HttpRequest) -> Any:
+    """Return the parsed JSON body, or raise a 413, 415 or 400."""
+    media_type, _, parameters = request.META.get("CONTENT_TYPE", "").partition(";")
+    charset = re.search(r"charset\s*=\s*\"?([\w-]+)", parameters, re.IGNORECASE)
+    if media_type.strip().lower() != "application/json" or (
+        charset and charset.group(1).lower() not in ("utf-8", "utf8")
+    ):
+        shown = request.META.get("CONTENT_TYPE", "")[:80] or "none"
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"The body must be JSON sent with `Content-Type: application/json` "
+            f"(this request's: {shown}).",
+            headers={"Accept-Post": "application/json"},
+        )
+    limit = settings.CONNECTORS_API_MAX_BODY_BYTES
+    too_large = ApiError(413, "body_too_large", f"The body is over the limit of {limit} bytes.")
+    declared = request.META.get("CONTENT_LENGTH") or ""
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large  # refused before reading a byte of it
+    try:
+        body = request.read(limit + 1)
+    except (UnreadablePostError, OSError):
+        raise ApiError(400, "unreadable_body", "The body could not be read to its end.") from None
+    if len(body) > limit:
+        raise too_large
+    if not body:
+        raise ApiError(
+            400,
+            "invalid_json",
+            "The body is empty; send a JSON object (with a Content-Length header).",
+        )
+    try:
+        text = body.decode("utf-8")
+        return json.loads(
+            text, object_pairs_hook=_object_without_duplicates, parse_constant=_reject_constant
+        )
+    except UnicodeDecodeError as exc:
+        message = f"The body is not UTF-8 (byte {exc.start + 1}); send JSON in UTF-8."
+    except json.JSONDecodeError as exc:
+        message = f"The body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
+    except _DuplicateKey as exc:
+        message = f"The body has the key {str(exc)[:80]!r} twice; send it once."
+    except RecursionError:
+        message = "The body is nested too deeply to read."
+    except ValueError as exc:
+        message = f"The body is not valid JSON: {exc}."
+    raise ApiError(400, "invalid_json", message)
+
+
+def json_type(value: Any) -> str:
+    return JSON_TYPES.get(type(value), "something else")
+
+
+def text_problems(value: Any, where: str) -> Iterator[dict[str, str]]:
+    """Yield a detail for each string in value (keys too) that no database would store.
+
+    Also refuse nesting deeper than MAX_DEPTH: no message needs it, and code further on
+    (redaction, rendering) walks the payload recursively.
+    """
+    stack = [(value, where, 0)]
+    while stack:
+        item, at, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            yield {"path": where, "message": f"is nested more than {MAX_DEPTH} levels deep"}
+            return
+        if isinstance(item, str):
+            if "\x00" in item:
+                yield {"path": at, "message": "must not contain NUL characters (\\u0000)"}
+            else:
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    yield {"path": at, "message": "holds an unpaired surrogate: not valid text"}
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                stack.append((key, f"{at}.{key[:40]}", depth + 1))
+                stack.append((child, f"{at}.{key[:40]}", depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, f"{at}[{i}]", depth + 1) for i, child in enumerate(item))
+
+
+@dataclass(frozen=True)
+class MessageRequest:
+    """A send request whose shape has been checked; the send service checks its values."""
+
+    to: str
+    type: str
+    payload: dict[str, Any]
+    ip: str | None
+    connector: str | None
+    locale: str | None
+
+
+def parse_message(body: Any) -> MessageRequest:
+    """Return the send request in a body, or raise a 400 listing every problem found."""
+    if not isinstance(body, dict):
+        raise ApiError(
+            400,
+            "invalid_body",
+            f"The body must be a JSON object, not {json_type(body)}: "
+            '{"to": "…", "type": "SignIn", "payload": {…}}.',
+        )
+    details: list[dict[str, str]] = []
+    ignored = settings.CONNECTORS_API_IGNORED_KEYS
+    for key in body:
+        if key not in BODY_FIELDS and key not in ignored:
+            suggestion = _suggest(key, list(BODY_FIELDS))
+            hint = (
+                f"did you mean `{suggestion}`?"
+                if suggestion
+                else "the keys allowed here are " + ", ".join(BODY_FIELDS)
+            )
+            details.append({"path": key[:80], "message": f"unknown key; {hint}"})
+    for key in REQUIRED_FIELDS:
+        if body.get(key) is None:
+            details.append({"path": key, "message": "is required"})
+    for key, (kind, described) in BODY_FIELDS.items():
+        value = body.get(key)
+        if value is not None and not isinstance(value, kind):
+            details.append({"path": key, "message": f"must be {described}, not {json_type(value)}"})
+    if details:
+        raise invalid_body(details)
+
+    for key in BODY_FIELDS:
+        if key in body:
+            details.extend(text_problems(body[key], key))
+    payload = body.get("payload") or {}
+    locale = body.get("locale")
+    if locale is not None and not LOCALE.fullmatch(locale):
+        details.append({"path": "locale", "message": 'must be a locale such as "fr-CA"'})
+    elif locale is None and payload.get("locale") not in (None, ""):
+        # Without a top-level locale the payload's picks the template: it must be one too.
+        inner = payload["locale"]
+        if not isinstance(inner, str) or not LOCALE.fullmatch(inner):
+            details.append(
+                {"path": "payload.locale", "message": 'must be a locale such as "fr-CA"'}
+            )
+    connector = body.get("connector")
+    if connector is not None and not SLUG.fullmatch(connector):
+        details.append(
+            {
+                "path": "connector",
+                "message": "must be a connector's slug (letters, digits, - and _)",
+            }
+        )
+    ip = body.get("ip")
+    if ip is not None:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            details.append({"path": "ip", "message": f"{ip[:60]!r} is not an IP address"})
+        else:
+            if getattr(address, "scope_id", None):
+                details.append({"path": "ip", "message": "must not carry a zone (%…)"})
+            ip = str(address)
+    if details:
+        raise invalid_body(details)
+    return MessageRequest(
+        to=body["to"],
+        type=body["type"],
+        payload=payload,
+        ip=ip or None,
+        connector=connector,
+        locale=locale,
+    )
+
+
+def invalid_body(details: list[dict[str, str]]) -> ApiError:
+    first = details[0]
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return ApiError(
+        400, "invalid_body", f"{first['path']}: {first['message']}{more}.", details=details
+    )
+
+
+def fingerprint(body: Any) -> str:
+    """Return a hash of the body's content: equal for equal JSON, whatever its spacing or order."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def stored_fingerprint(delivery: Delivery) -> str:
+    return delivery.source_detail.rpartition(FINGERPRINT_MARK)[2]
+
+
+def parse_prefer_wait(header: str) -> int | None:
+    """Return the seconds asked for by `Prefer: wait=N` (at most 30), or None (RFC 7240)."""
+    for preference in header.split(","):
+        name, _, value = preference.split(";")[0].partition("=")
+        if name.strip().lower() == "wait":
+            value = value.strip().strip('"')
+            # A preference the server cannot read is ignored, as RFC 7240 says, not an error.
+            return min(int(value), MAX_WAIT_SECONDS) if value.isdigit() else None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Views.
+
+
+SEND_ERROR_STATUS = {"unknown_connector": 404, "rate_limited": 429}
+
+
+@api_view("POST")
+def messages(request: HttpRequest) -> HttpResponse:
+    """Accept a message for delivery (202 once committed), or wait for its outcome if asked."""
+    started = timezone.now()
+    caller = authenticate_sender(request)
+    admit(caller)
+    body = read_json(request)
+    message = parse_message(body)
+    check_scope(caller, message.connector)
+
+    key = request.headers.get("Idempotency-Key")
+    digest = fingerprint(body)
+    scoped_key: str | None = None
+    replay: Delivery | None = None
+    if key is not None:
+        if not IDEMPOTENCY_KEY.fullmatch(key):
+            raise ApiError(
+                400,
+                "invalid_idempotency_key",
+                "The Idempotency-Key header must be 1 to 180 visible ASCII "
+                "characters, e.g. a UUID.",
+                details=[{"path": "Idempotency-Key", "message": "not a valid key"}],
+            )
+        # Keys are per token: two applications that happen to pick one key stay apart.
+        scoped_key = f"{caller.token_id}:{key}"
+        replay = (
+            Delivery.objects.filter(
+                idempotency_key=scoped_key,
+                created_at__gte=started - IDEMPOTENCY_WINDOW,
+            )
+            .order_by("-created_at")
+            .first()
+        )
+
+    if replay is None:
+        try:
+            delivery = send_message(
+                message.to,
+                message.type,
+                message.payload,
+                connector=message.connector,
+                locale=message.locale,
+                ip=message.ip,
+                idempotency_key=scoped_key,
+                source=DeliverySource.API,
+                source_detail=f"token {caller.prefix} {FINGERPRINT_MARK}{digest}",
+                api_token=caller.as_token(),
+            )
+        except SendError as exc:
+            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+            raise ApiError(
+                SEND_ERROR_STATUS.get(exc.code, 400),
+                exc.code,
+                str(exc),
+                details=[{"path": exc.path, "message": str(exc)}] if exc.path else [],
+                headers=headers,
+            ) from None
+        # Another request with the same key may have committed between our look and our insert.
+        if scoped_key and delivery.created_at < started:
+            replay = delivery
+    else:
+        delivery = replay
+    if replay is not None and stored_fingerprint(replay) != digest:
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            "This Idempotency-Key was used in the last 24 hours with a different "
+            f"body (message {replay.pk}). Use a new key for a new message.",
+            details=[{"path": "Idempotency-Key", "message": "reused with another body"}],
+        )
+
+    headers = {"Location": f"/api/v1/messages/{delivery.pk}"}
+    if replay is not None:
+        headers["Idempotent-Replayed"] = "true"
+    wait = parse_prefer_wait(request.headers.get("Prefer", ""))
+    if wait is not None:
+        headers["Preference-Applied"] = f"wait={wait}"
+        delivery = wait_for_outcome(delivery, wait)
+        if delivery.is_final:
+            return json_response(represent(delivery), status=200, headers=headers)
+    return json_response(
+        {"id": str(delivery.pk), "status": delivery.status}, status=202, headers=headers
+    )
+
+
+def check_scope(caller: Caller, slug: str | None) -> None:
+    """Raise a 403 when the token may not send through the connector asked for (or the default)."""
+    allowed = caller.connectors
+    if allowed is None:
+        return
+    if slug is None:
+        slug = Connector.objects.filter(is_default=True).values_list("slug", flat=True).first()
+        if slug is None:
+            return  # no connector at all: the send service says so
+    if slug not in allowed:
+        names = ", ".join(f"`{s}`" for s in sorted(allowed))
+        raise ApiError(
+            403,
+            "connector_not_allowed",
+            f"This token may send through {names} only, not `{slug}`. Pass "
+            '"connector" in the body, or ask an administrator to widen the token.',
+            details=[{"path": "connector", "message": "not allowed for this token"}],
+        )
+
+
+def wait_for_outcome(delivery: Delivery, seconds: int) -> Delivery:
+    """Return the delivery once final, or as it is when `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    pause = 0.02
+    while not delivery.is_final:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        # Short at first (most sends take milliseconds), longer later to spare the database.
+        time.sleep(min(pause, remaining))
+        pause = min(pause * 1.5, 0.25)
+        delivery = Delivery.objects.get(pk=delivery.pk)
+    return delivery
+
+
+@api_view("GET")
+def message_detail(request: HttpRequest, message_id: str) -> HttpResponse:
+    """Return a message's status, attempts and last error; only to the token that sent it."""
+    token = authenticate(request)
+    not_found = ApiError(404, "not_found", f"No message {message_id[:60]!r} sent with this token.")
+    try:
+        pk = uuid.UUID(message_id)
+    except ValueError:
+        raise not_found from None
+    delivery = (
+        Delivery.objects.filter(pk=pk, api_token=token).prefetch_related("attempt_log").first()
+    )
+    if delivery is None:
+        raise not_found
+    return json_response(represent(delivery))
+
+
+def represent(delivery: Delivery) -> dict[str, Any]:
+    """Return what a client may see of a delivery: never its payload or one-time values."""
+    return {
+        "id": str(delivery.pk),
+        "status": delivery.status,
+        "to": delivery.to,
+        "type": delivery.usage_type,
+        "locale": delivery.locale or None,
+        "connector": delivery.connector_slug,
+        "created_at": timestamp(delivery.created_at),
+        "sent_at": timestamp(delivery.sent_at),
+        "finished_at": timestamp(delivery.finished_at),
+        "next_attempt_at": timestamp(delivery.next_attempt_at) if not delivery.is_final else None,
+        "attempt_count": delivery.attempts,
+        "attempts": [
+            {
+                "number": attempt.number,
+                "started_at": timestamp(attempt.started_at),
+                "elapsed_ms": attempt.elapsed_ms,
+                "outcome": attempt.outcome,
+                "error": attempt.error or None,
+                "hint": attempt.hint or None,
+                "code": attempt.code,
+                "server_reply": attempt.server_reply or None,
+            }
+            for attempt in delivery.attempt_log.all()
+        ],
+        "error": delivery.error or None,
+        "hint": delivery.hint or None,
+        "error_code": delivery.error_code,
+        "server_reply": delivery.server_reply or None,
+        "message_id": delivery.message_id or None,
+    }
+
+
+def timestamp(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@api_view("GET")
+def healthz(request: HttpRequest) -> HttpResponse:
+    """Answer 200 while the database is reachable (503 otherwise), with the queue's state."""
+    now = timezone.now()
+    queued, sending = Q(status=DeliveryStatus.QUEUED), Q(status=DeliveryStatus.SENDING)
+    try:
+        stats = Delivery.objects.filter(queued | sending).aggregate(
+            queued=Count("pk", filter=queued),
+            sending=Count("pk", filter=sending),
+            oldest=Min("created_at", filter=queued),
+            most_overdue=Min("next_attempt_at", filter=queued & Q(next_attempt_at__lte=now)),
+        )
+    except DatabaseError:
+        logger.exception("health check: database unreachable")
+        return json_response(
+            {"status": "unavailable", "database": "unreachable"},
+            status=503,
+            headers={"Retry-After": "5"},
+        )
+    # A backlog alone is not unhealthy for a web node (it still accepts messages), so it is
+    # reported, not turned into a 503 that would take the node out of the load balancer.
+    return json_response(
+        {
+            "status": "ok",
+            "database": "ok",
+            "queue": {
+                "depth": stats["queued"] + stats["sending"],
+                "queued": stats["queued"],
+                "sending": stats["sending"],
+                "oldest_queued_age_seconds": seconds_since(stats["oldest"], now),
+                "lag_seconds": seconds_since(stats["most_overdue"], now) or 0.0,
+            },
+        }
+    )
+
+
+def seconds_since(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else round(max(0.0, (now - moment).total_seconds()), 3)
+
+
+@api_view("GET")
+def openapi_document(request: HttpRequest) -> HttpResponse:
+    """Return the OpenAPI 3.1 document of this API."""
+    return json_response(openapi.document())
+
+
+@api_view("GET", "POST", "PUT", "PATCH", "DELETE")
+def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Answer JSON for paths under /api/ that do not exist, rather than the console's HTML."""
+    raise ApiError(404, "not_found", f"There is no {request.path}; see /api/v1/openapi.json.")
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith("/api/") or path == "/healthz"
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Answer a request Django refused before any view (bad Host header…): JSON for the API."""
+    if not is_api_path(request.path):
+        return defaults.bad_request(request, exception)
+    if isinstance(exception, DisallowedHost):
+        message = "The Host header names a host this server does not answer to (ALLOWED_HOSTS)."
+    else:
+        message = "The request could not be read; check its headers and body."
+    return ApiError(400, "bad_request", message).response()
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Answer an error raised outside the API's views (in middleware): JSON for the API."""
+    if not is_api_path(request.path):
+        return defaults.server_error(request)
+    return ApiError(
+        500,
+        "internal_error",
+        "Something went wrong on our side; the error has been "
+        "logged. Try again; if it persists, tell the operator.",
+    ).response()
+
+
+urlpatterns = [
+    path("v1/messages", messages, name="api-messages"),
+    path("v1/messages/<str:message_id>", message_detail, name="api-message"),
+    path("v1/openapi.json", openapi_document, name="api-openapi"),
+    re_path(r"^(?P<rest>.*)$", not_found),
+]
