@@ -421,6 +421,21 @@ def test_a_refused_recipient_leaves_the_connection_usable(plain_server: SmtpServ
     assert len(plain_server.messages) == 1
 
 
+def test_a_refusal_on_a_kept_connection_is_the_answer_not_a_reason_to_reconnect(
+    plain_server: SmtpServer,
+) -> None:
+    config = plain_server.config()
+    with SmtpTransport(config) as transport:
+        transport.send(message(config), to_type="SignIn", payload=PAYLOAD)
+        plain_server.fail_next("RCPT", 550, "5.1.1 No such user")
+        with pytest.raises(TransportError) as refused:
+            transport.send(message(config), to_type="SignIn", payload=PAYLOAD)
+
+    assert (refused.value.permanent, refused.value.code) == (True, 550)
+    assert plain_server.connections == 1  # the kept connection answered: no second try
+    assert len(plain_server.messages) == 1
+
+
 def test_check_logs_in_and_quits_without_sending(auth_server: SmtpServer) -> None:
     transport = get_transport("smtp", auth_server.config(auth={"user": USER, "pass": PASSWORD}))
     assert isinstance(transport, SmtpTransport)

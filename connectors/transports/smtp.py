@@ -358,8 +358,16 @@ class SmtpTransport(Transport):
             conn, reused = self._usable_connection()
             try:
                 reply = self._deliver(conn, mime, message)
-            except (smtplib.SMTPServerDisconnected, OSError) as exc:
-                # A kept connection may have been dropped by the server since the NOOP; as
+            except (
+                smtplib.SMTPResponseException,
+                smtplib.SMTPRecipientsRefused,
+                smtplib.SMTPNotSupportedError,
+            ) as exc:
+                # The server answered (smtplib's errors are OSErrors too): a fresh connection
+                # would get the same answer, so this is the outcome.
+                raise self._failure(exc, conn) from exc
+            except OSError as exc:
+                # A kept connection may have been dropped by the server since its last use; as
                 # long as no byte of the message went out, one fresh attempt cannot duplicate it.
                 if not reused or conn.body_started:
                     raise self._failure(exc, conn) from exc
@@ -370,10 +378,8 @@ class SmtpTransport(Transport):
                 conn = self._connection = self._open(conn.transcript)
                 try:
                     reply = self._deliver(conn, mime, message)
-                except (smtplib.SMTPException, OSError) as exc:
+                except OSError as exc:
                     raise self._failure(exc, conn) from exc
-            except smtplib.SMTPException as exc:
-                raise self._failure(exc, conn) from exc
             self.idle_since = time.monotonic()
             self._log(conn.transcript)
             return SendResult(
