@@ -140,8 +140,8 @@ if env.bool("BEHIND_HTTPS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # Background work. The default runs each delivery in-process right after its transaction commits
-# (nothing else to start); production sets TASKS_BACKEND=django_tasks_db.DatabaseBackend and runs
-# `python manage.py db_worker` on one or more machines.
+# (nothing else to start); production sets TASKS_BACKEND=connectors.outbox.OutboxBackend and runs
+# `python manage.py send_worker` on one or more machines (docs/sending.md has the other choices).
 TASKS = {
     "default": {
         "BACKEND": env.str(
@@ -156,9 +156,8 @@ CONNECTORS_MAX_AGE = env.int("CONNECTORS_MAX_AGE", default=3600)  # seconds
 CONNECTORS_RETRY_BASE_DELAY = env.float("CONNECTORS_RETRY_BASE_DELAY", default=5.0)  # seconds
 CONNECTORS_RETRY_MAX_DELAY = env.float("CONNECTORS_RETRY_MAX_DELAY", default=600.0)  # seconds
 CONNECTORS_LEASE_SECONDS = env.int("CONNECTORS_LEASE_SECONDS", default=300)
-CONNECTORS_RECOVER_EVERY = env.float(
-    "CONNECTORS_RECOVER_EVERY", default=30.0
-)  # seconds, per worker
+# seconds between each worker's recovery of expired leases
+CONNECTORS_RECOVER_EVERY = env.float("CONNECTORS_RECOVER_EVERY", default=30.0)
 CONNECTORS_RECIPIENT_RATE_LIMIT = (
     env.int("CONNECTORS_RECIPIENT_RATE_LIMIT", default=10),  # messages (0 = no limit) ...
     env.int("CONNECTORS_RECIPIENT_RATE_WINDOW", default=600),  # ... per this many seconds
