@@ -61,3 +61,18 @@ def test_editors_cannot_create_list_or_revoke_tokens(client, editor_user):
         client.post(reverse("admin:connectors_apitoken_revoke", args=[row.pk])).status_code == 403
     )
     assert verify_token(token) == row and ApiToken.objects.count() == 1
+
+
+def test_the_token_pages_call_them_api_tokens(admin_client):
+    row, _ = issue_token("svc")
+    for url, title in (
+        (reverse("admin:connectors_apitoken_changelist"), "API tokens"),
+        (reverse("admin:connectors_apitoken_add"), "Add API token"),
+        (reverse("admin:connectors_apitoken_change", args=[row.pk]), "API token"),
+    ):
+        html = admin_client.get(url).content.decode()
+        assert f"<h1>{title}</h1>" in html
+        breadcrumbs = html[html.index('<ol class="breadcrumbs">') : html.index("</ol>")]
+        assert "API tokens" in breadcrumbs and "Api tokens" not in breadcrumbs
+    html = admin_client.get(reverse("admin:connectors_apitoken_changelist")).content.decode()
+    assert ">Add API token</a>" in html

@@ -104,12 +104,66 @@ def field_reference(kind: str) -> tuple[ReferenceEntry, ...]:
     return tuple(entries.values())
 
 
-def editor_schema(root: dict[str, Any]) -> dict[str, Any]:
-    """Return a kind's JSON Schema with each "X or null" written as one nullable X, for the editor.
+# The keywords that constrain only values of one JSON type (a number's `maximum` says nothing
+# about a string): branches of an `anyOf` that differ in type and use only these can be merged.
+KEYWORDS_OF_TYPE = {
+    "integer": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
+    "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
+    "string": {"minLength", "maxLength", "pattern", "format"},
+    "array": {"items", "minItems", "maxItems", "uniqueItems"},
+    "object": {"properties", "additionalProperties", "required", "propertyNames"},
+    "boolean": set(),
+    "null": set(),
+}
 
-    It says the same, but the editor's schema library picks an `anyOf` branch by the value being
-    typed: while that value is half-written (`"minVersion": ""`) no branch matches, and neither
-    the enum values nor the keys of the object around it would be offered for completion.
+
+def merge_typed_branches(branches: list[Any]) -> dict[str, Any] | None:
+    """Return one node with a list of types that says what the branches say, or None.
+
+    Possible when each branch is one type with only that type's keywords, each type once:
+    `{"anyOf": [{"type": "integer", "maximum": 65535}, {"type": "string", "pattern": …}]}` is
+    `{"type": ["integer", "string"], "maximum": 65535, "pattern": …}`.
+    """
+    merged: dict[str, Any] = {"type": []}
+    for branch in branches:
+        kind = branch.get("type") if isinstance(branch, dict) else None
+        if not isinstance(kind, str) or kind not in KEYWORDS_OF_TYPE or kind in merged["type"]:
+            return None
+        keywords = set(branch) - {"type", "title", "description"}
+        if not keywords <= KEYWORDS_OF_TYPE[kind] or keywords & set(merged):
+            return None
+        if {"integer", "number"} & {kind, *merged["type"]} == {"integer", "number"}:
+            return None  # an integer is a number: their keywords would overlap
+        merged["type"].append(kind)
+        merged.update({key: branch[key] for key in keywords})
+    return merged
+
+
+def merge_enum_branches(branches: list[Any]) -> dict[str, Any] | None:
+    """Return one enum of the branches' values when each branch is an enum or a const, or None."""
+    values: list[Any] = []
+    for branch in branches:
+        if not isinstance(branch, dict):
+            return None
+        keywords = set(branch) - {"type", "title", "description", "deprecated"}
+        if keywords == {"enum"}:
+            values.extend(branch["enum"])
+        elif keywords == {"const"}:
+            values.append(branch["const"])
+        else:
+            return None
+    return {"enum": list(dict.fromkeys(values))}
+
+
+def editor_schema(root: dict[str, Any]) -> dict[str, Any]:
+    """Return a kind's JSON Schema with its `anyOf`s of simple branches merged, for the editor.
+
+    It says the same, but the editor's schema library treats an `anyOf` badly in two ways. It
+    picks a branch by the value being typed: while that value is half-written
+    (`"minVersion": ""`) no branch matches, and neither the enum values nor the keys of the
+    object around it would be offered for completion. And a value that matches no branch gets
+    the message "does not match any schema of [the branches as JSON]", where one merged node
+    gets "should be at most 65535" or "to be of type string".
     """
     definitions = root.get("$defs", {})
 
@@ -120,10 +174,15 @@ def editor_schema(root: dict[str, Any]) -> dict[str, Any]:
             return node
         node = {key: rewrite(value) for key, value in node.items()}
         branches = node.get("anyOf")
-        if not (isinstance(branches, list) and len(branches) == 2 and {"type": "null"} in branches):
+        if not isinstance(branches, list):
+            return node
+        outer = {k: v for k, v in node.items() if k != "anyOf"}
+        merged = merge_typed_branches(branches) or merge_enum_branches(branches)
+        if merged is not None:
+            return {**outer, **merged}
+        if len(branches) != 2 or {"type": "null"} not in branches:
             return node
         (other,) = [b for b in branches if b != {"type": "null"}]
-        outer = {k: v for k, v in node.items() if k != "anyOf"}
         if set(other) == {"enum", "type"}:
             return {**outer, "enum": [*other["enum"], None]}
         if set(other) == {"$ref"}:

@@ -124,7 +124,8 @@ def test_an_administrator_adds_tries_and_saves_an_smtp_connector(session, admini
     page.keyboard.press("Control+Space")
     options = page.locator(".cm-tooltip-autocomplete li")
     options.first.wait_for()
-    assert {"locale", "replyTo", "sendFrom"} <= set(options.all_inner_texts())
+    labels = page.locator(".cm-tooltip-autocomplete .cm-completionLabel")
+    assert {"locale", "replyTo", "sendFrom"} <= set(labels.all_inner_texts())
     page.keyboard.press("Escape")
     page.keyboard.press("Control+Shift+K")
     page.locator(".cm-line", has_text='"minVersion"').click()
@@ -164,9 +165,34 @@ def test_an_administrator_adds_tries_and_saves_an_smtp_connector(session, admini
     session.screenshot("send-test-failed")
     assert len(smtp.messages) == 1
 
+    # The live check says what is wrong in words, not as a dump of the schema.
+    refused = loopback_config(smtp, WRONG_PASSWORD) | {"port": 99999}
+    replace_editor_text(page, json.dumps(refused, indent=2))
+    problems.get_by_text("65535").wait_for()
+    assert "does not match any schema" not in problems.inner_text()
+
+    # Refused by the server on Save and Done: the page comes back with every error marked at its
+    # line, the server's words standing for a line it marked, and the typed password withheld.
+    page.get_by_label("Name").fill("Loopback")  # the slug follows the name
+    page.get_by_role("button", name="Save and Done").click()
+    page.wait_for_url(session.base_url + "/connectors/connector/add/")
+    page.locator(".cm-line", has_text='"pass"').locator(".cm-lintRange-error").wait_for()
+    page.locator(".cm-line", has_text='"port"').locator(".cm-lintRange-error").first.wait_for()
+    listed = problems.locator("li").all_inner_texts()
+    pass_line = 1 + next(
+        i for i, line in enumerate(json.dumps(refused, indent=2).splitlines()) if '"pass"' in line
+    )
+    assert any(
+        t.startswith(f"Line {pass_line},") and "enter this secret again" in t for t in listed
+    )
+    assert [t for t in listed if t.startswith("Line 3,")] == [
+        "Line 3, column 11: port: must be a port number from 1 to 65535"
+    ], listed
+    assert editor_json(page)["auth"]["pass"] == ""
+    session.screenshot("editor-server-errors")
+
     # Save and Done: back on the list, which names the new connector.
     replace_editor_text(page, json.dumps(loopback_config(smtp, RIGHT_PASSWORD), indent=2))
-    page.get_by_label("Name").fill("Loopback")  # the slug follows the name
     page.get_by_role("button", name="Save and Done").click()
     page.wait_for_url(session.base_url + "/connectors/connector/")
     assert "Loopback (loopback)" in page.locator(".messagelist").inner_text()
@@ -238,6 +264,28 @@ def test_a_viewer_can_read_a_connector_but_not_edit_it_or_send_a_test(
     assert page.get_by_role("button", name="Send test").count() == 0
     assert editor_json(page)["auth"]["pass"] == schema.MASK
     session.screenshot("viewer-connector")
+
+    # The read-only editor still takes the keyboard's focus (to scroll, select and copy), and
+    # nothing typed there changes the config.
+    shown = page.input_value("#id_config")
+    content = page.locator(".config-editor .cm-content")
+    assert content.get_attribute("tabindex") == "0"
+    content.focus()
+    assert content.evaluate("element => element === document.activeElement")
+    for key in ("x", "Enter", "Delete", "Backspace", "Control+Shift+K", "Alt+ArrowDown"):
+        page.keyboard.press(key)
+    page.keyboard.press("ArrowDown")
+    assert page.input_value("#id_config") == shown
+
+    # The same on a template's page.
+    session.goto(f"/connectors/connector/{connector.pk}/templates/Generic/default/")
+    content = page.locator(".template-content-editor .cm-content")
+    shown = page.input_value("#id_content")
+    content.focus()
+    assert content.get_attribute("tabindex") == "0"
+    for key in ("x", "Enter", "Delete", "Backspace"):
+        page.keyboard.press(key)
+    assert page.input_value("#id_content") == shown
 
     assert session.goto("/connectors/connector/add/").status == 403
     session.goto(f"/connectors/connector/{connector.pk}/change/")

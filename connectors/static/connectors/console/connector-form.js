@@ -21,8 +21,27 @@
 
   // The problem list under the editor ------------------------------------------------------
 
-  function showProblems(list) {
+  // The schema library quotes in `backquotes`, sometimes doubled around a list ("``a` or `b``").
+  function messageNodes(text) {
+    const parts = String(text).replace(/``/g, "`").split("`");
+    return parts.map((part, i) => {
+      if (!(i % 2)) return document.createTextNode(part);
+      const code = document.createElement("code");
+      code.textContent = part;
+      return code;
+    });
+  }
+
+  // After a submit the server's wording and the live check's may both describe one problem:
+  // where the server marked a line, its words stand for that line.
+  function withoutRepeats(list) {
+    const serverLines = new Set(list.filter((p) => p.source === "server").map((p) => p.line));
+    return list.filter((p) => p.source === "server" || !serverLines.has(p.line));
+  }
+
+  function showProblems(found) {
     problems.replaceChildren();
+    const list = withoutRepeats(found);
     if (!list.length) return;
     const heading = document.createElement("h3");
     heading.textContent = list.length === 1 ? "1 problem" : `${list.length} problems`;
@@ -35,7 +54,7 @@
       jump.className = "link-button";
       jump.textContent = `Line ${problem.line}, column ${problem.column}`;
       jump.addEventListener("click", () => editor.focusAt(problem.line, problem.column));
-      item.append(jump, `: ${problem.message}`);
+      item.append(jump, ": ", ...messageNodes(problem.message));
       if (problem.source === "server") item.classList.add("from-server");
       items.append(item);
     }
@@ -49,10 +68,7 @@
     onDiagnostics: showProblems,
   });
   editor.view.dom.classList.add("config-editor-view");
-  if (data.readOnly) {
-    editor.view.contentDOM.setAttribute("contenteditable", "false");
-    editor.view.contentDOM.setAttribute("aria-readonly", "true");
-  }
+  if (data.readOnly) window.ConsoleReadOnly.keepUnchanged(editor.view);
   if (data.errors && data.errors.length) editor.setServerErrors(data.errors);
 
   const formatButton = document.getElementById("format-config");
@@ -172,7 +188,9 @@
     if (!lines || !lines.length) return [];
     const details = element("details");
     details.open = Boolean(open);
-    details.append(element("summary", "SMTP conversation (secrets redacted)"), element("pre", lines.join("\n"), "transcript"));
+    const conversation = element("pre", lines.join("\n"), "transcript");
+    conversation.tabIndex = 0; // it scrolls: the keyboard must reach it
+    details.append(element("summary", "SMTP conversation (secrets redacted)"), conversation);
     return [details];
   }
 

@@ -27,7 +27,7 @@
     },
   });
   editor.view.dom.classList.add("template-content-editor");
-  if (data.readOnly) editor.view.contentDOM.setAttribute("contenteditable", "false");
+  if (data.readOnly) window.ConsoleReadOnly.keepUnchanged(editor.view);
 
   contentType.addEventListener("change", () => {
     editor.setLanguage(contentType.value === "text/html" ? "html" : "text");
