@@ -227,6 +227,18 @@ def test_an_administrator_adds_tries_and_saves_an_smtp_connector(session, admini
     page.wait_for_url(re.compile(r"/templates/$"))
     assert connector.templates.get(usage_type="Generic", locale="").subject == "Hello {{user.name}}"
 
+    # The template's save is a revision: the history lists it, and the diff shows the change.
+    session.goto(f"/connectors/connector/{connector.pk}/history/")
+    session.screenshot("history")
+    page.get_by_role("button", name="Show changes").click()
+    page.locator("table.diff", has_text="Hello {{user.name}}").wait_for()
+    session.screenshot("history-diff")
+
+    # The API tokens page (superusers).
+    session.goto("/connectors/apitoken/")
+    page.get_by_role("heading", name="API tokens", exact=True).wait_for()
+    session.screenshot("api-tokens")
+
     # The log holds the two tests.
     session.goto("/connectors/delivery/")
     session.screenshot("delivery-log")
