@@ -175,10 +175,6 @@ class Caller:
     prefix: str
     connectors: frozenset[str] | None  # slugs; None = every connector
 
-    def as_token(self) -> ApiToken:
-        """Return a stand-in row for relating a delivery to the token (no query)."""
-        return ApiToken(pk=self.token_id, prefix=self.prefix)
-
 
 # Verified senders, by token hash: (when verified, caller). Revocation still takes effect at once,
 # because every send re-checks it in the rate-limit UPDATE (admit()); what the cache spares is
@@ -546,26 +542,18 @@ def messages(request: HttpRequest) -> HttpResponse:
     """Accept a message for delivery (202 once committed), or wait for its outcome if asked."""
     started = timezone.now()
     caller = authenticate_sender(request)
-    admit(caller)
-    body = read_json(request)
-    message = parse_message(body)
-    check_scope(caller, message.connector)
+    try:
+        body = read_json(request)
+        message = parse_message(body)
+        check_scope(caller, message.connector)
+        scoped_key = scope_idempotency_key(caller, request.headers.get("Idempotency-Key"))
+    except ApiError:
+        admit(caller)  # a refused request counts too, and over the limit the 429 comes first
+        raise
 
-    key = request.headers.get("Idempotency-Key")
     digest = fingerprint(body)
-    scoped_key: str | None = None
     replay: Delivery | None = None
-    if key is not None:
-        if not IDEMPOTENCY_KEY.fullmatch(key):
-            raise ApiError(
-                400,
-                "invalid_idempotency_key",
-                "The Idempotency-Key header must be 1 to 180 visible ASCII "
-                "characters, e.g. a UUID.",
-                details=[{"path": "Idempotency-Key", "message": "not a valid key"}],
-            )
-        # Keys are per token: two applications that happen to pick one key stay apart.
-        scoped_key = f"{caller.token_id}:{key}"
+    if scoped_key is not None:
         replay = (
             Delivery.objects.filter(
                 idempotency_key=scoped_key,
@@ -576,32 +564,41 @@ def messages(request: HttpRequest) -> HttpResponse:
         )
 
     if replay is None:
-        try:
-            delivery = send_message(
-                message.to,
-                message.type,
-                message.payload,
-                connector=message.connector,
-                locale=message.locale,
-                ip=message.ip,
-                idempotency_key=scoped_key,
-                source=DeliverySource.API,
-                source_detail=f"token {caller.prefix} {FINGERPRINT_MARK}{digest}",
-                api_token=caller.as_token(),
-            )
-        except SendError as exc:
-            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+        refused: SendError | None = None
+        # The delivery and the token's count commit together: one commit per request rather
+        # than two, and the token's row is locked only from its UPDATE to that commit. Over
+        # the limit (or revoked), admit() raises and the delivery is never stored.
+        with transaction.atomic():
+            try:
+                delivery = send_message(
+                    message.to,
+                    message.type,
+                    message.payload,
+                    connector=message.connector,
+                    locale=message.locale,
+                    ip=message.ip,
+                    idempotency_key=scoped_key,
+                    source=DeliverySource.API,
+                    source_detail=f"token {caller.prefix} {FINGERPRINT_MARK}{digest}",
+                    api_token=caller.token_id,
+                )
+            except SendError as exc:
+                refused = exc
+            admit(caller)
+        if refused is not None:
+            headers = {"Retry-After": str(refused.retry_after)} if refused.retry_after else {}
             raise ApiError(
-                SEND_ERROR_STATUS.get(exc.code, 400),
-                exc.code,
-                str(exc),
-                details=[{"path": exc.path, "message": str(exc)}] if exc.path else [],
+                SEND_ERROR_STATUS.get(refused.code, 400),
+                refused.code,
+                str(refused),
+                details=[{"path": refused.path, "message": str(refused)}] if refused.path else [],
                 headers=headers,
-            ) from None
+            )
         # Another request with the same key may have committed between our look and our insert.
         if scoped_key and delivery.created_at < started:
             replay = delivery
     else:
+        admit(caller)
         delivery = replay
     if replay is not None and stored_fingerprint(replay) != digest:
         raise ApiError(
@@ -624,6 +621,21 @@ def messages(request: HttpRequest) -> HttpResponse:
     return json_response(
         {"id": str(delivery.pk), "status": delivery.status}, status=202, headers=headers
     )
+
+
+def scope_idempotency_key(caller: Caller, key: str | None) -> str | None:
+    """Return the Idempotency-Key as stored (scoped to the token), or raise a 400 if malformed."""
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            "The Idempotency-Key header must be 1 to 180 visible ASCII characters, e.g. a UUID.",
+            details=[{"path": "Idempotency-Key", "message": "not a valid key"}],
+        )
+    # Keys are per token: two applications that happen to pick one key stay apart.
+    return f"{caller.token_id}:{key}"
 
 
 def check_scope(caller: Caller, slug: str | None) -> None:

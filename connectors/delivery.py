@@ -28,7 +28,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import Case, F, Value, When
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from .models import Connector, Delivery, DeliveryAttempt, DeliverySource, DeliveryStatus
@@ -333,16 +334,24 @@ def record(outcomes: list[AttemptOutcome], token: str, worker: str, policy: Retr
     retries: list[Delivery] = []
     with transaction.atomic():
         relax_commit()
-        attempts = []
         for o in outcomes:
+            apply_outcome(o.delivery, o, policy, now)
+        # Fenced: only the holder of the lease may record; a lapsed lease means another worker
+        # has the delivery now, and its record is the one that counts. The rows stay locked
+        # (PostgreSQL; SQLite has one writer) until the outcomes below are written.
+        owned = set(
+            Delivery.objects.select_for_update()
+            .filter(pk__in=[o.delivery.pk for o in outcomes], lease_owner=token)
+            .values_list("pk", flat=True)
+        )
+        kept = [o for o in outcomes if o.delivery.pk in owned]
+        for o in outcomes:
+            if o.delivery.pk not in owned:
+                logger.warning("lost the lease on delivery %s before recording it", o.delivery.pk)
+        write_outcomes([o.delivery for o in kept], token)
+        attempts = []
+        for o in kept:
             d = o.delivery
-            apply_outcome(d, o, policy, now)
-            fields = {name: getattr(d, name) for name in OUTCOME_FIELDS}
-            # Fenced: only the holder of the lease may record; a lapsed lease means another
-            # worker has the delivery now, and its record is the one that counts.
-            if not Delivery.objects.filter(pk=d.pk, lease_owner=token).update(**fields):
-                logger.warning("lost the lease on delivery %s before recording it", d.pk)
-                continue
             attempts.append(
                 DeliveryAttempt(
                     delivery=d,
@@ -370,6 +379,34 @@ def record(outcomes: list[AttemptOutcome], token: str, worker: str, policy: Retr
             o.outcome,
             f" ({o.delivery.error})" if o.delivery.error else "",
         )
+
+
+def write_outcomes(deliveries: list[Delivery], token: str) -> None:
+    """Store the outcome fields of several deliveries in one UPDATE.
+
+    Values shared by every row (the status, the cleared lease, the finish time of a batch of
+    sends) are set as they are; the rest (message ids, server replies) by a CASE on the key.
+    """
+    if not deliveries:
+        return
+    updates: dict[str, Any] = {}
+    for name in OUTCOME_FIELDS:
+        values = [getattr(d, name) for d in deliveries]
+        if all(value == values[0] for value in values):
+            updates[name] = values[0]
+        else:
+            field = Delivery._meta.get_field(name)
+            case = Case(
+                *(
+                    When(pk=d.pk, then=Value(v, output_field=field))
+                    for d, v in zip(deliveries, values, strict=True)
+                ),
+                output_field=field,
+            )
+            # As bulk_update() does: PostgreSQL cannot always infer the type of a CASE.
+            casted = connection.features.requires_casted_case_in_updates
+            updates[name] = Cast(case, output_field=field) if casted else case
+    Delivery.objects.filter(pk__in=[d.pk for d in deliveries], lease_owner=token).update(**updates)
 
 
 OUTCOME_FIELDS = [

@@ -10,7 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import EmailValidator
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -66,14 +66,14 @@ def send_message(
     usage_type = clean_usage_type(type)
     payload = clean_payload(payload)
     locale = locale if locale is not None else str(payload.get("locale") or "")
-    target = pick_connector(connector)
+    target, recent = connector_and_recent_count(connector, to)
     templates = target.template_configs()
     if target.kind == "smtp" or templates:
         try:
             choose_template(templates, usage_type, locale)
         except TemplateNotFound as exc:
             raise SendError("no_template", str(exc), path="type") from None
-    check_rate_limit(to)
+    check_rate_limit(to, recent)
     return create_delivery(
         target,
         to,
@@ -203,11 +203,12 @@ def create_delivery(
         ip=ip or None,
         idempotency_key=key,
         next_attempt_at=timezone.now(),
-        api_token=api_token,
+        # A token row, or just its id (the HTTP API has no need to load the row).
+        api_token_id=getattr(api_token, "pk", api_token),
     )
     if not key or target is None:
         # One INSERT, committed on its own unless the caller holds a transaction open.
-        delivery.save(force_insert=True)
+        delivery.insert()
         if schedule:
             transaction.on_commit(lambda: enqueue(delivery))
         return delivery
@@ -217,7 +218,7 @@ def create_delivery(
             return existing
         try:
             with transaction.atomic():
-                delivery.save(force_insert=True)
+                delivery.insert()
         except IntegrityError:
             # Another request with the same key committed first: answer with its delivery.
             existing = idempotent_match(target, key)
@@ -310,38 +311,101 @@ def redact(payload: dict[str, Any]) -> dict[str, Any]:
 
 def pick_connector(slug: str | None, *, allow_disabled: bool = False) -> Connector:
     """Return the named connector, or the default one."""
-    if slug:
-        found = Connector.objects.filter(slug=slug).first()
-        if found is None:
-            raise SendError(
-                "unknown_connector", f"No connector with slug {slug!r}.", path="connector"
-            )
+    return connector_and_recent_count(slug, None, allow_disabled=allow_disabled)[0]
+
+
+# Connectors as this process last loaded them: pk -> (version read from the row, connector).
+# Every use reads the row's version (updated_at, enabled) in the query that counts the
+# recipient's recent messages, so a change anywhere is seen at once; what the cache spares is
+# loading and decoding the whole row, and building the query, on every message.
+_connectors: dict[int, tuple[tuple[Any, Any], Connector]] = {}
+MAX_CACHED_CONNECTORS = 100
+
+
+def connector_and_recent_count(
+    slug: str | None, recipient: str | None, *, allow_disabled: bool = False
+) -> tuple[Connector, int]:
+    """Return the named (or default) connector and the recipient's messages in the window.
+
+    One query does both. The count stops at the limit, which is all the check needs, and is 0
+    when there is no recipient or no limit.
+    """
+    limit, window = getattr(settings, "CONNECTORS_RECIPIENT_RATE_LIMIT", (10, 600))
+    table = connection.ops.quote_name(Connector._meta.db_table)
+    deliveries = connection.ops.quote_name(Delivery._meta.db_table)
+    to_column = connection.ops.quote_name("to")
+    params: list[Any] = []
+    if recipient is not None and limit:
+        since = timezone.now() - timedelta(seconds=window)
+        # The same expression as the delivery_recipient index, so the count is an index scan.
+        count = (
+            f"(SELECT COUNT(*) FROM (SELECT 1 FROM {deliveries} "  # noqa: S608 (our tables' names)
+            f"WHERE LOWER({deliveries}.{to_column}) = %s AND {deliveries}.created_at >= %s "
+            f"AND {deliveries}.source <> %s LIMIT %s) recent)"
+        )
+        params += [
+            recipient.lower(),
+            connection.ops.adapt_datetimefield_value(since),
+            DeliverySource.TEST,
+            limit,
+        ]
     else:
-        found = Connector.objects.default()
-        if found is None:
-            raise SendError(
-                "unknown_connector", "No connector is configured yet.", path="connector"
-            )
+        count = "0"
+    if slug:
+        where = f"{table}.slug = %s"
+        params.append(slug)
+    else:
+        where = f"{table}.is_default = %s"
+        params.append(True)
+    cursor: Any
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {table}.id, {table}.updated_at, {table}.enabled, {count} "  # noqa: S608
+            f"FROM {table} WHERE {where}",
+            params,
+        )
+        row = cursor.fetchone()
+    if row is None:
+        message = f"No connector with slug {slug!r}." if slug else "No connector is configured yet."
+        raise SendError("unknown_connector", message, path="connector")
+    pk, version, recent = row[0], (row[1], row[2]), int(row[3])
+    cached = _connectors.get(pk)
+    if cached is not None and cached[0] == version:
+        found = cached[1]
+    else:
+        found = Connector.objects.get(pk=pk)
+        if len(_connectors) >= MAX_CACHED_CONNECTORS:
+            _connectors.clear()
+        _connectors[pk] = (version, found)
     if not found.enabled and not allow_disabled:
         raise SendError(
             "connector_disabled", f"Connector {found.slug!r} is disabled.", path="connector"
         )
-    return found
+    return found, recent
 
 
-def check_rate_limit(to: str) -> None:
-    """Raise SendError when the recipient has had too many messages lately."""
+def check_rate_limit(to: str, recent: int | None = None) -> None:
+    """Raise SendError when the recipient has had too many messages lately.
+
+    `recent` is the count of the recipient's messages in the window, when the caller has it.
+    """
     limit, window = getattr(settings, "CONNECTORS_RECIPIENT_RATE_LIMIT", (10, 600))
     if not limit:
         return
+    if recent is not None and recent < limit:
+        return
     since = timezone.now() - timedelta(seconds=window)
-    recent = (
+    recent_deliveries = (
         Delivery.objects.alias(recipient=Lower("to"))
         .filter(recipient=to.lower(), created_at__gte=since)
         .exclude(source=DeliverySource.TEST)
     )
-    if recent.count() >= limit:
-        oldest = recent.order_by("created_at").values_list("created_at", flat=True).first()
+    if recent is None:
+        recent = recent_deliveries[:limit].count()
+    if recent >= limit:
+        oldest = (
+            recent_deliveries.order_by("created_at").values_list("created_at", flat=True).first()
+        )
         retry_after = (
             max(1, int((oldest + timedelta(seconds=window) - timezone.now()).total_seconds()))
             if oldest

@@ -21,11 +21,10 @@ import threading
 import time
 from collections.abc import Buffer, Callable, Mapping
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from functools import cache
 from typing import Any
 
-from ..rendering import EMAIL_POLICY, RenderedMessage, build_email
+from ..rendering import PLAIN_ADDRESS, RenderedMessage, email_bytes
 from .base import MASK, SendResult, Transport, TransportError, resolve
 from .oauth2 import OAuth2Token, can_refresh, refresh_access_token
 from .smtp_errors import classify
@@ -299,6 +298,14 @@ class _Connection(smtplib.SMTP):
         return code, reply
 
 
+def envelope_address(value: str) -> str:
+    """Return the address (addr-spec) in a From or To value, for MAIL FROM and RCPT TO."""
+    plain = PLAIN_ADDRESS.fullmatch(value)
+    if plain:
+        return plain.group(1)
+    return email.utils.parseaddr(value)[1] or value
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -346,8 +353,9 @@ class SmtpTransport(Transport):
     ) -> SendResult:
         """Send one message over the open connection (or a new one), or raise TransportError."""
         started = time.monotonic()
+        sender, recipient = envelope_address(message.from_email), envelope_address(message.to)
         try:
-            mime = build_email(message)
+            data, message_id = email_bytes(message, utf8=not (sender + recipient).isascii())
         except ValueError as exc:
             raise TransportError(
                 f"The message cannot be built: {exc}",
@@ -357,7 +365,7 @@ class SmtpTransport(Transport):
         with self._lock:
             conn, reused = self._usable_connection()
             try:
-                reply = self._deliver(conn, mime, message)
+                reply = self._deliver(conn, data, sender, recipient)
             except (
                 smtplib.SMTPResponseException,
                 smtplib.SMTPRecipientsRefused,
@@ -377,13 +385,13 @@ class SmtpTransport(Transport):
                 )
                 conn = self._connection = self._open(conn.transcript)
                 try:
-                    reply = self._deliver(conn, mime, message)
+                    reply = self._deliver(conn, data, sender, recipient)
                 except OSError as exc:
                     raise self._failure(exc, conn) from exc
             self.idle_since = time.monotonic()
             self._log(conn.transcript)
             return SendResult(
-                message_id=mime["Message-ID"],
+                message_id=message_id,
                 server_reply=reply,
                 elapsed_ms=round((time.monotonic() - started) * 1000),
                 warnings=list(conn.warnings),
@@ -498,19 +506,16 @@ class SmtpTransport(Transport):
             why = "ignoreTLS is set" if settings.ignore_tls else "the server offers no STARTTLS"
             conn.warnings.append(NOT_ENCRYPTED.format(where=settings.where, why=why))
 
-    def _deliver(self, conn: _Connection, mime: EmailMessage, message: RenderedMessage) -> str:
+    def _deliver(self, conn: _Connection, data: bytes, sender: str, recipient: str) -> str:
         """Send the envelope and the message; return the server's final reply."""
-        sender = email.utils.parseaddr(message.from_email)[1]
-        recipient = email.utils.parseaddr(message.to)[1] or message.to
         options: list[str] = []
-        policy = EMAIL_POLICY
         if not (sender + recipient).isascii():
             conn.phase = "mail"
             if not conn.has_extn("smtputf8"):
                 raise smtplib.SMTPNotSupportedError(
                     "the server does not take addresses with non-ASCII characters (no SMTPUTF8)"
                 )
-            options, policy = ["SMTPUTF8", "BODY=8BITMIME"], EMAIL_POLICY.clone(utf8=True)
+            options = ["SMTPUTF8", "BODY=8BITMIME"]
         conn.phase = "mail"
         code, reply = conn.mail(sender, options)
         if code != 250:
@@ -520,7 +525,7 @@ class SmtpTransport(Transport):
         if code not in (250, 251):
             raise smtplib.SMTPResponseException(code, reply)
         conn.phase = "data"
-        code, reply = conn.data(mime.as_bytes(policy=policy))
+        code, reply = conn.data(data)
         if code != 250:
             raise smtplib.SMTPResponseException(code, reply)
         conn.phase = "ready"
