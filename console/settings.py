@@ -150,6 +150,14 @@ TASKS = {
     }
 }
 
+# Django's mail (send_mail, password reset mails, error reports) goes through a connector and its
+# delivery log: the default connector, or CONNECTORS_MAILER_CONNECTOR's slug.
+_connector_mailer = {
+    "BACKEND": "connectors.mail.ConnectorEmailBackend",
+    "OPTIONS": {"connector": env.str("CONNECTORS_MAILER_CONNECTOR", default="") or None},
+}
+MAILERS = {"default": _connector_mailer, "connectors": _connector_mailer}
+
 # Delivery: retries of transient failures, leases, the per-recipient rate limit.
 CONNECTORS_MAX_ATTEMPTS = env.int("CONNECTORS_MAX_ATTEMPTS", default=8)
 CONNECTORS_MAX_AGE = env.int("CONNECTORS_MAX_AGE", default=3600)  # seconds
