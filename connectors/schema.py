@@ -437,7 +437,9 @@ class OAuth2TokenAuth(_Model):
 
     type: Annotated[
         Literal["OAuth2"], BeforeValidator(_fixed_word("OAuth2")), _OAUTH2_SPELLINGS
-    ] = Field(description='"OAuth2" (any letter case).')
+    ] = Field(
+        "OAuth2", description='"OAuth2" (any letter case; read from the other keys when left out).'
+    )
     user: NonEmpty = Field(description="Email address of the mailbox to send as.")
     clientId: NonEmpty | None = Field(
         None, description="OAuth2 client ID, needed to refresh the access token."
@@ -498,7 +500,9 @@ class OAuth2ServiceAuth(_Model):
 
     type: Annotated[
         Literal["OAuth2"], BeforeValidator(_fixed_word("OAuth2")), _OAUTH2_SPELLINGS
-    ] = Field(description='"OAuth2" (any letter case).')
+    ] = Field(
+        "OAuth2", description='"OAuth2" (any letter case; read from the other keys when left out).'
+    )
     user: NonEmpty = Field(description="Email address of the mailbox to send as.")
     privateKey: PrivateKey = Field(
         repr=False,
@@ -514,10 +518,15 @@ def _auth_form(value: Any) -> str:
         return "oauth2-service" if isinstance(value, OAuth2ServiceAuth) else "oauth2-token"
     if isinstance(value, dict):
         kind = value.get("type")
+        service = "privateKey" in value or "serviceClient" in value
         if isinstance(kind, str) and kind.strip().lower() == "oauth2":
-            if "privateKey" in value or "serviceClient" in value:
+            return "oauth2-service" if service else "oauth2-token"
+        if kind is None and "pass" not in value:
+            # Logto's schema leaves `type` optional for OAuth2 too: the keys tell.
+            if service:
                 return "oauth2-service"
-            return "oauth2-token"
+            if {"accessToken", "refreshToken", "clientId", "clientSecret"} & value.keys():
+                return "oauth2-token"
     return "login"
 
 

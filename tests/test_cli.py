@@ -151,3 +151,10 @@ def test_import_records_a_revision(tmp_path, smtp_config):
     run("import", "rev", write(tmp_path, smtp_config))
     numbers = list(Connector.objects.get(slug="rev").revisions.values_list("number", flat=True))
     assert numbers == [2, 1]
+
+
+def test_a_malformed_encryption_key_is_a_message_not_a_traceback(tmp_path, settings, smtp_config):
+    settings.CONNECTOR_ENCRYPTION_KEYS = ["notakey"]
+    with pytest.raises(CommandError, match="not a Fernet key"):
+        run("import", "mail", write(tmp_path, smtp_config))
+    assert not Connector.objects.exists()

@@ -883,6 +883,22 @@ def test_oauth2_with_a_service_account_is_accepted(private_key: Any) -> None:
     assert result.data["auth"]["privateKey"] == private_key
 
 
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"user": "a@example.com", "privateKey": "-----BEGIN PRIVATE KEY-----\n…",
+         "serviceClient": "113600000000000000000"},
+        {"user": "a@example.com", "clientId": "id", "clientSecret": "s", "refreshToken": "r"},
+    ],
+    ids=["service-account", "tokens"],
+)  # fmt: skip
+def test_oauth2_without_type_is_read_from_its_keys_as_logto_does(auth: dict[str, Any]) -> None:
+    result = validate_config_data("smtp", smtp_config(auth=auth))
+
+    assert result.data is not None, result.errors
+    assert result.data["auth"] == {"type": "OAuth2", **auth}  # the type is made explicit
+
+
 def test_oauth2_service_account_errors_are_located_inside_the_key() -> None:
     auth = {
         "type": "OAuth2",

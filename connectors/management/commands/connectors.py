@@ -12,6 +12,7 @@ from django.db import transaction
 
 from connectors import schema
 from connectors.models import Connector, DeliveryStatus, MissingSecretError
+from connectors.secrets import DecryptionError
 from connectors.service import SendError, send_test
 
 
@@ -51,7 +52,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         handler = getattr(self, "handle_" + action.replace("-", "_"))
-        handler(**options)
+        try:
+            handler(**options)
+        except DecryptionError as exc:  # a key missing or malformed: say so, without a traceback
+            raise CommandError(str(exc)) from None
 
     def connector(self, slug: str) -> Connector:
         """Return the connector with this slug, or stop with the known slugs."""
