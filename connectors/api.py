@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from django.core.exceptions import DisallowedHost
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Count, Min, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
+from django.template import loader
 from django.urls import path, re_path
 from django.utils import timezone
 from django.views import defaults
@@ -122,6 +124,13 @@ def api_view(*methods: str) -> Callable[[View], View]:
     def decorate(view: View) -> View:
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            response = answer(request, *args, **kwargs)
+            if request.method == "HEAD":  # the headers GET would send, and no body (RFC 9110)
+                response["Content-Length"] = str(len(response.content))
+                response.content = b""
+            return response
+
+        def answer(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             try:
                 if request.method not in allowed:
                     raise ApiError(
@@ -199,8 +208,15 @@ def presented_token(request: HttpRequest) -> str:
         raise ApiError(
             401,
             "invalid_token",
-            f"The Authorization header uses the {scheme[:20]!r} scheme; use `Bearer "
-            "cc_…` with an API token.",
+            # Never echo the header: without the scheme, its first word is the token itself.
+            "The Authorization header must be `Bearer cc_…` with an API token"
+            + (
+                " (it holds the token without the `Bearer ` in front)."
+                if scheme.startswith("cc_")
+                else f", not the {scheme[:10]!r} scheme."
+                if scheme.isalpha()
+                else "."
+            ),
             headers={"WWW-Authenticate": f'{REALM}, error="invalid_request"'},
         )
     return credentials.strip()
@@ -799,9 +815,20 @@ def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
-    """Answer an error raised outside the API's views (in middleware): JSON for the API."""
+    """Answer an error no view handled: JSON for the API, a page for the console.
+
+    An unreachable database is a 503 that says so (Django calls this handler while the exception
+    is being handled, so it is still at hand), not a 500.
+    """
+    database_down = isinstance(sys.exc_info()[1], OperationalError | InterfaceError)
     if not is_api_path(request.path):
+        if database_down:
+            return HttpResponse(
+                loader.render_to_string("503.html"), status=503, headers={"Retry-After": "5"}
+            )
         return defaults.server_error(request)
+    if database_down:
+        return database_unavailable().response()
     return ApiError(
         500,
         "internal_error",

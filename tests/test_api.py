@@ -276,6 +276,13 @@ def test_missing_or_bad_token_is_401_with_www_authenticate(client, connector, au
     assert not Delivery.objects.exists()
 
 
+def test_a_token_sent_without_bearer_is_not_echoed(client, connector, token):
+    response = post(client, None, LOGTO_BODY, Authorization=token)
+    assert response.status_code == 401
+    assert "without the `Bearer `" in error_of(response)["message"]
+    assert token[:8] not in response.content.decode()
+
+
 def test_token_scheme_is_case_insensitive(client, connector, token):
     response = post(client, None, LOGTO_BODY, Authorization=f"bearer {token}")
     assert response.status_code == 202
@@ -687,6 +694,31 @@ def test_unreachable_database_is_503_not_500(client, connector):
         assert health.json() == {"status": "unavailable", "database": "unreachable"}
     assert client.get("/healthz").status_code == 200  # and back once it is
     assert not Delivery.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_console_says_the_database_is_unreachable_with_a_503_page():
+    from django.test import Client
+
+    browser = Client(raise_request_exception=False)  # as a real server answers
+    with database_unreachable():
+        response = browser.post("/login/", {"username": "admin", "password": "x"})
+    assert response.status_code == 503 and response["Retry-After"]
+    assert b"cannot reach its database" in response.content
+    assert b"Traceback" not in response.content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_head_healthz_sends_the_headers_and_no_body():
+    # Straight through the WSGI application, as gunicorn calls it: Django's test client and its
+    # development server drop a HEAD body themselves, gunicorn does not.
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.test.client import RequestFactory
+
+    environ = RequestFactory().generic("HEAD", "/healthz").environ
+    started: list[str] = []
+    body = b"".join(WSGIHandler()(environ, lambda status, headers: started.append(status)))
+    assert started == ["200 OK"] and body == b""
 
 
 def test_openapi_document_is_served_without_auth(client):
