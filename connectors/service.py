@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from dataclasses import asdict, replace
 from datetime import timedelta
 from typing import Any
@@ -26,6 +28,10 @@ ONE_TIME_KEYS = frozenset({"code", "link", "token", "password", "magicLink", "ur
 REDACTED = "[redacted]"
 MAX_PAYLOAD_BYTES = 64 * 1024
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
+IDEMPOTENCY_KEY_LENGTH = 200  # Delivery.idempotency_key's length
+IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e][\x20-\x7e]{{0,{IDEMPOTENCY_KEY_LENGTH - 1}}}")
+# A language tag such as fr, fr-CA, zh-Hans-CN or en_US, at most 35 characters.
+LOCALE = re.compile(r"(?=.{1,35}\Z)[A-Za-z0-9]{1,8}(?:[_-][A-Za-z0-9]{1,8})*")
 validate_address = EmailValidator(message="not a valid email address")
 
 
@@ -65,7 +71,12 @@ def send_message(
     to = clean_address(to)
     usage_type = clean_usage_type(type)
     payload = clean_payload(payload)
-    locale = locale if locale is not None else str(payload.get("locale") or "")
+    if locale is not None:
+        locale = clean_locale(locale, "locale")
+    else:
+        locale = clean_locale(payload.get("locale") or "", "payload.locale")
+    ip = clean_ip(ip)
+    idempotency_key = clean_idempotency_key(idempotency_key)
     target, recent = connector_and_recent_count(connector, to)
     templates = target.template_configs()
     if target.kind == "smtp" or templates:
@@ -295,6 +306,45 @@ def clean_payload(payload: object) -> dict[str, Any]:
             path="payload",
         )
     return payload
+
+
+def clean_locale(value: object, path: str) -> str:
+    """Return a locale tag ("" for none), or raise SendError."""
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not LOCALE.fullmatch(value):
+        raise SendError(
+            "invalid_locale",
+            f"{str(value)[:40]!r} is not a locale: use a language tag such as fr or fr-CA.",
+            path=path,
+        )
+    return value
+
+
+def clean_ip(value: object) -> str | None:
+    """Return the client's IP address in its canonical form, or None, or raise SendError."""
+    if value is None or value == "":
+        return None
+    try:
+        address = ipaddress.ip_address(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise SendError(
+            "invalid_ip", f"{str(value)[:60]!r} is not an IP address.", path="ip"
+        ) from None
+    return str(address)
+
+
+def clean_idempotency_key(value: object) -> str | None:
+    """Return the idempotency key, or None, or raise SendError (never cut it short)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not IDEMPOTENCY_KEY.fullmatch(value):
+        raise SendError(
+            "invalid_idempotency_key",
+            f"An idempotency key is 1 to {IDEMPOTENCY_KEY_LENGTH} printable ASCII characters.",
+            path="idempotency_key",
+        )
+    return value
 
 
 def redact(payload: dict[str, Any]) -> dict[str, Any]:
