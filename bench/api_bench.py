@@ -36,7 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from send_bench import SinkProcess, drop_database, free_port, setup_database  # noqa: E402
+from send_bench import (  # noqa: E402
+    SinkProcess,
+    cpu_by_group,
+    drop_database,
+    free_port,
+    setup_database,
+)
 
 PAYLOAD = {
     "code": "123456",
@@ -441,33 +447,6 @@ def main() -> None:
         sink.stop()
         drop_database(args.database_url)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def cpu_by_group(groups: dict[str, set[int]], database: str) -> dict[str, float]:
-    """Return CPU seconds used so far by each group of processes (and their children).
-
-    PostgreSQL is counted as the backends serving the benchmark's database, which name it in
-    their process title. Linux only (/proc).
-    """
-    ticks = os.sysconf("SC_CLK_TCK")
-    table: dict[int, tuple[int, float, str]] = {}  # pid -> (parent, cpu seconds, command)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        table[int(entry.name)] = (int(stat[1]), (int(stat[11]) + int(stat[12])) / ticks, command)
-    used = dict.fromkeys(groups, 0.0)
-    for pid, (parent, seconds, command) in table.items():
-        for name, roots in groups.items():
-            if pid in roots or parent in roots:
-                used[name] += seconds
-        if command.startswith("postgres: ") and f" {database} " in command:
-            used["postgres"] = used.get("postgres", 0.0) + seconds
-    return used
 
 
 def count_accepted() -> int:

@@ -111,7 +111,9 @@ def baseline_django_send_mail(port: int, n: int) -> float:
 
     start = time.perf_counter()
     for i in range(n):
-        backend = EmailBackend(host="127.0.0.1", port=port, use_tls=False, fail_silently=False)
+        backend = EmailBackend(
+            alias="bench", host="127.0.0.1", port=port, use_tls=False, fail_silently=False
+        )
         send_mail(
             "Your code",
             "Your verification code is 123456.",
@@ -142,6 +144,33 @@ def drop_database(url: str) -> None:
     admin_url = url.rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+def cpu_by_group(groups: dict[str, set[int]], database: str) -> dict[str, float]:
+    """Return CPU seconds used so far by each group of processes (and their children).
+
+    PostgreSQL is counted as the backends serving the benchmark's database, which name it in
+    their process title. Linux only (/proc).
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, float, str]] = {}  # pid -> (parent, cpu seconds, command)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(entry.name)] = (int(stat[1]), (int(stat[11]) + int(stat[12])) / ticks, command)
+    used = dict.fromkeys(groups, 0.0)
+    for pid, (parent, seconds, command) in table.items():
+        for name, roots in groups.items():
+            if pid in roots or parent in roots:
+                used[name] += seconds
+        if command.startswith("postgres: ") and f" {database} " in command:
+            used["postgres"] = used.get("postgres", 0.0) + seconds
+    return used
 
 
 def start_workers(count: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
@@ -184,11 +213,14 @@ def produce(prefix: str, n: int, rate: float | None, accepted: dict[str, float])
 
 def run_ours(
     sink: SinkProcess, n: int, workers: int, env: dict[str, str], prefix: str, producers: int = 2
-) -> tuple[float, float]:
-    """Return (end-to-end messages/s, accept calls/s) with `workers` send_workers running."""
+) -> tuple[float, float, dict[str, float]]:
+    """Return (end-to-end messages/s, accept calls/s, CPU ms per message by part)."""
     sink.reset()
     procs = start_workers(workers, env)
     time.sleep(2)  # let the workers start
+    groups = {"workers": {p.pid for p in procs}, "sink": {sink.process.pid}}
+    database = os.environ["DATABASE_URL"].rsplit("/", 1)[1]
+    cpu_before, own_before = cpu_by_group(groups, database), time.process_time()
     accepted: dict[str, float] = {}
     threads = [
         threading.Thread(target=produce, args=(f"{prefix}p{p}-", n // producers, None, accepted))
@@ -203,8 +235,12 @@ def run_ours(
     while sink.count() < len(accepted):
         time.sleep(0.01)
     last = max(sink.arrivals().values())
+    cpu = {"send_message": time.process_time() - own_before}
+    cpu_after = cpu_by_group(groups, database)
+    cpu.update({k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after})
     stop_workers(procs)
-    return len(accepted) / (last - start), accept_rate
+    per_message = {k: v / len(accepted) * 1000 for k, v in cpu.items()}
+    return len(accepted) / (last - start), accept_rate, per_message
 
 
 def run_drain(sink: SinkProcess, n: int, workers: int, env: dict[str, str], prefix: str) -> float:
@@ -280,9 +316,17 @@ def main() -> None:
         Connector(slug="bench", name="Bench", kind="smtp").apply_config(result.data)
         n = args.messages
 
-        print(f"messages per run: {n}; CPU cores: {os.cpu_count()}; database: PostgreSQL")
+        print(
+            f"messages per run: {n}; CPU cores: {os.cpu_count()}; database: PostgreSQL; "
+            f"load average at start: {os.getloadavg()[0]:.1f}"
+        )
+        sink_cpu = cpu_by_group({"sink": {sink.process.pid}}, "-")["sink"]
+        own_cpu = time.process_time()
         raw = baseline_persistent_smtplib(sink.port, n)
+        own_cpu = (time.process_time() - own_cpu) / n * 1000
+        sink_cpu = (cpu_by_group({"sink": {sink.process.pid}}, "-")["sink"] - sink_cpu) / n * 1000
         print(f"baseline A  smtplib, one persistent connection : {raw:8.0f} msg/s  (1.00x)")
+        print(f"    CPU ms per message: smtplib {own_cpu:.2f}, sink {sink_cpu:.2f}")
         dj = baseline_django_send_mail(sink.port, n // 3)
         print(
             f"baseline B  Django send_mail, new connection   : {dj:8.0f} msg/s  ({dj / raw:.2f}x)"
@@ -294,10 +338,17 @@ def main() -> None:
                 f"{drain:8.0f} msg/s  ({drain / raw:.2f}x)"
             )
         for workers in (1, 2):
-            rate, accept = run_ours(sink, n, workers, env, f"w{workers}-")
+            rate, accept, cpu = run_ours(sink, n, workers, env, f"w{workers}-")
             print(
                 f"ours, {workers} worker{'s' if workers > 1 else ' '} send_message->sink, logged  : "  # noqa: E501
                 f"{rate:8.0f} msg/s  ({rate / raw:.2f}x)   [send_message accepted {accept:.0f}/s]"
+            )
+            total = sum(cpu.values())
+            print(
+                "    CPU ms per message: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+                + f"; total {total:.2f} (so at most {os.cpu_count() * 1000 / total:.0f} msg/s "
+                f"on {os.cpu_count()} cores)"
             )
         latencies = run_latency(sink, rate=50, seconds=10, env=env)
         median = statistics.median(latencies)
@@ -306,6 +357,7 @@ def main() -> None:
             f"latency at 50 msg/s, 1 worker, accept->delivered: median {median:.1f} ms, "
             f"p95 {p95:.1f} ms, max {latencies[-1]:.1f} ms ({len(latencies)} messages)"
         )
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     finally:
         sink.stop()
         drop_database(args.database_url)

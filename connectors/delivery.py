@@ -331,44 +331,36 @@ def record(outcomes: list[AttemptOutcome], token: str, worker: str, policy: Retr
     if not outcomes:
         return
     now = timezone.now()
-    retries: list[Delivery] = []
-    with transaction.atomic():
-        relax_commit()
-        for o in outcomes:
-            apply_outcome(o.delivery, o, policy, now)
-        # Fenced: only the holder of the lease may record; a lapsed lease means another worker
-        # has the delivery now, and its record is the one that counts. The rows stay locked
-        # (PostgreSQL; SQLite has one writer) until the outcomes below are written.
-        owned = set(
-            Delivery.objects.select_for_update()
-            .filter(pk__in=[o.delivery.pk for o in outcomes], lease_owner=token)
-            .values_list("pk", flat=True)
-        )
-        kept = [o for o in outcomes if o.delivery.pk in owned]
-        for o in outcomes:
-            if o.delivery.pk not in owned:
-                logger.warning("lost the lease on delivery %s before recording it", o.delivery.pk)
-        write_outcomes([o.delivery for o in kept], token)
-        attempts = []
-        for o in kept:
-            d = o.delivery
-            attempts.append(
-                DeliveryAttempt(
-                    delivery=d,
-                    number=d.attempts,
-                    started_at=o.started,
-                    elapsed_ms=o.elapsed_ms,
-                    outcome=o.outcome,
-                    error=d.error,
-                    hint=d.hint,
-                    code=d.error_code,
-                    server_reply=d.server_reply[:2000],
-                    worker=worker[:64],
-                )
+    for o in outcomes:
+        apply_outcome(o.delivery, o, policy, now)
+    kept = outcomes
+    try:
+        with transaction.atomic():
+            relax_commit()
+            # Fenced: only the holder of the lease may record; a lapsed lease means another
+            # worker has the delivery now, and its record is the one that counts. Nearly
+            # always every lease is still ours, and one UPDATE records the lot.
+            if write_outcomes([o.delivery for o in outcomes], token) != len(outcomes):
+                raise LeaseLost
+            write_attempts(outcomes, worker)
+    except LeaseLost:
+        with transaction.atomic():
+            relax_commit()
+            # Lock the rows still ours (PostgreSQL; SQLite has one writer) and record those.
+            owned = set(
+                Delivery.objects.select_for_update()
+                .filter(pk__in=[o.delivery.pk for o in outcomes], lease_owner=token)
+                .values_list("pk", flat=True)
             )
-            if o.outcome == DeliveryAttempt.Outcome.RETRY:
-                retries.append(d)
-        DeliveryAttempt.objects.bulk_create(attempts)
+            kept = [o for o in outcomes if o.delivery.pk in owned]
+            for o in outcomes:
+                if o.delivery.pk not in owned:
+                    logger.warning(
+                        "lost the lease on delivery %s before recording it", o.delivery.pk
+                    )
+            write_outcomes([o.delivery for o in kept], token)
+            write_attempts(kept, worker)
+    retries = [o.delivery for o in kept if o.outcome == DeliveryAttempt.Outcome.RETRY]
     for d in retries:
         schedule(d.pk, d.next_attempt_at)
     for o in outcomes:
@@ -381,14 +373,37 @@ def record(outcomes: list[AttemptOutcome], token: str, worker: str, policy: Retr
         )
 
 
-def write_outcomes(deliveries: list[Delivery], token: str) -> None:
-    """Store the outcome fields of several deliveries in one UPDATE.
+class LeaseLost(Exception):
+    """Some delivery of a batch is no longer this worker's to record."""
+
+
+def write_attempts(outcomes: list[AttemptOutcome], worker: str) -> None:
+    """Add an attempt to the log of each delivery."""
+    DeliveryAttempt.objects.bulk_create(
+        DeliveryAttempt(
+            delivery=o.delivery,
+            number=o.delivery.attempts,
+            started_at=o.started,
+            elapsed_ms=o.elapsed_ms,
+            outcome=o.outcome,
+            error=o.delivery.error,
+            hint=o.delivery.hint,
+            code=o.delivery.error_code,
+            server_reply=o.delivery.server_reply[:2000],
+            worker=worker[:64],
+        )
+        for o in outcomes
+    )
+
+
+def write_outcomes(deliveries: list[Delivery], token: str) -> int:
+    """Store the outcome fields of deliveries whose lease is ours in one UPDATE; return how many.
 
     Values shared by every row (the status, the cleared lease, the finish time of a batch of
     sends) are set as they are; the rest (message ids, server replies) by a CASE on the key.
     """
     if not deliveries:
-        return
+        return 0
     updates: dict[str, Any] = {}
     for name in OUTCOME_FIELDS:
         values = [getattr(d, name) for d in deliveries]
@@ -406,7 +421,9 @@ def write_outcomes(deliveries: list[Delivery], token: str) -> None:
             # As bulk_update() does: PostgreSQL cannot always infer the type of a CASE.
             casted = connection.features.requires_casted_case_in_updates
             updates[name] = Cast(case, output_field=field) if casted else case
-    Delivery.objects.filter(pk__in=[d.pk for d in deliveries], lease_owner=token).update(**updates)
+    return Delivery.objects.filter(pk__in=[d.pk for d in deliveries], lease_owner=token).update(
+        **updates
+    )
 
 
 OUTCOME_FIELDS = [

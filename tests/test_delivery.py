@@ -13,7 +13,15 @@ from django.utils import timezone
 from django.utils.connection import BaseConnectionHandler
 
 from connectors import schema
-from connectors.delivery import close_transports, process, recover
+from connectors.delivery import (
+    RetryPolicy,
+    claim_batch,
+    close_transports,
+    process,
+    record,
+    recover,
+    run_attempt,
+)
 from connectors.models import Delivery, DeliveryAttempt, DeliveryStatus
 from connectors.service import SendError, send_message, send_test
 
@@ -197,6 +205,41 @@ def test_a_lapsed_lease_is_recovered_and_a_held_one_is_not(worker_mode, smtp):
     process(delivery.pk)
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.SENT and len(smtp.messages) == 1
+
+
+def test_only_the_lease_holder_records_an_outcome(worker_mode, smtp, caplog):
+    connector_for(smtp)
+    for i in range(3):
+        send_message(f"user{i}@example.test", "SignIn", {"code": "1"})
+    policy = RetryPolicy.from_settings()
+    batch, token = claim_batch("w1", policy, 10)
+    outcomes = [run_attempt(d, policy) for d in batch]
+    # Meanwhile the first lease lapsed and another worker claimed that delivery.
+    stolen = batch[0]
+    Delivery.objects.filter(pk=stolen.pk).update(lease_owner="w2:other")
+    record(outcomes, token, "w1", policy)
+
+    states = dict(Delivery.objects.values_list("pk", "status"))
+    assert states[stolen.pk] == DeliveryStatus.SENDING  # the other worker's to record
+    assert {states[d.pk] for d in batch[1:]} == {DeliveryStatus.SENT}
+    logged = set(DeliveryAttempt.objects.values_list("delivery_id", flat=True))
+    assert logged == {d.pk for d in batch[1:]}
+    assert f"lost the lease on delivery {stolen.pk}" in caplog.text
+
+
+def test_outcomes_of_a_batch_are_recorded_with_their_own_replies(worker_mode, smtp):
+    connector_for(smtp)
+    for i in range(3):
+        send_message(f"user{i}@example.test", "SignIn", {"code": "1"})
+    policy = RetryPolicy.from_settings()
+    batch, token = claim_batch("w1", policy, 10)
+    record([run_attempt(d, policy) for d in batch], token, "w1", policy)
+
+    sent = {m.message["Message-ID"] for m in smtp.messages}
+    stored = list(Delivery.objects.values_list("message_id", "server_reply", "sealed", "status"))
+    assert {row[0] for row in stored} == sent and len(sent) == 3
+    assert all(row[1].startswith("250 ") and row[2] == "" for row in stored)
+    assert {row[3] for row in stored} == {DeliveryStatus.SENT}
 
 
 def test_idempotency_key_returns_the_first_delivery(worker_mode, smtp):
