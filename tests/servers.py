@@ -325,6 +325,7 @@ class SmtpServer:
         users: Mapping[str, str] | None = None,
         oauth_tokens: Mapping[str, str] | None = None,
         auth_require_tls: bool | None = None,
+        smtputf8: bool = True,
     ) -> None:
         self.tls = tls
         self.users = dict(users or {})
@@ -345,6 +346,7 @@ class SmtpServer:
             server_hostname="localhost",  # else aiosmtpd calls the slow socket.getfqdn()
             authenticator=self._authenticate,
             auth_require_tls=tls == "starttls" if auth_require_tls is None else auth_require_tls,
+            enable_SMTPUTF8=smtputf8,
         )
 
     def __enter__(self) -> Self:

@@ -322,6 +322,27 @@ def test_service_account_keys_are_reported_as_not_supported_yet() -> None:
 # Failures
 
 
+def test_530_asking_for_starttls_points_at_ignore_tls(plain_server: SmtpServer) -> None:
+    plain_server.fail_next("MAIL", 530, "5.7.0 Must issue a STARTTLS command first")
+    error = send_error(plain_server.config(ignoreTLS=True))
+
+    assert (error.permanent, error.code) == (True, 530)
+    assert "`ignoreTLS`" in error.hint and "set `auth`" not in error.hint
+
+
+def test_a_refused_recipient_hint_fits_whether_or_not_we_logged_in(
+    auth_server: SmtpServer, plain_server: SmtpServer
+) -> None:
+    auth_server.fail_next("RCPT", 550, "5.1.1 No such user")
+    logged_in = send_error(auth_server.config(auth={"user": USER, "pass": PASSWORD}))
+    plain_server.fail_next("RCPT", 550, "5.7.1 Relaying denied")
+    anonymous = send_error(plain_server.config())
+
+    assert "`auth`" not in logged_in.hint and "recipient's address" in logged_in.hint
+    assert "log in with `auth`" in anonymous.hint
+    assert logged_in.hint not in logged_in.summary  # the log keeps the hint apart
+
+
 def test_421_is_transient(plain_server: SmtpServer) -> None:
     plain_server.fail_next("RCPT", 421, "4.7.0 Too many messages, slow down")
     error = send_error(plain_server.config())
@@ -329,7 +350,7 @@ def test_421_is_transient(plain_server: SmtpServer) -> None:
     assert not error.permanent
     assert error.code == 421
     assert error.server_text == "4.7.0 Too many messages, slow down"
-    assert "retried" in error.hint
+    assert "a later attempt may pass" in error.hint
 
 
 def test_a_refused_sender_is_permanent_and_names_from_email(plain_server: SmtpServer) -> None:
@@ -458,3 +479,25 @@ def test_non_ascii_addresses_go_out_with_smtputf8(plain_server: SmtpServer) -> N
     assert received.mail_from == "zoë@acme.test"
     assert received.rcpt_tos == ["émile@example.test"]
     assert received.message["To"] == "émile@example.test"
+
+
+def test_international_domains_go_out_in_ascii_to_a_server_without_smtputf8() -> None:
+    with SmtpServer(smtputf8=False) as server:
+        config = server.config(fromEmail="Acme <no-reply@bücher.example>")
+        with SmtpTransport(config) as transport:
+            transport.send(message(config, to="ada@münchen.example"), to_type="SignIn", payload={})
+        [received] = server.messages
+
+    assert received.mail_from == "no-reply@xn--bcher-kva.example"
+    assert received.rcpt_tos == ["ada@xn--mnchen-3ya.example"]
+    assert received.message["To"] == "ada@xn--mnchen-3ya.example"
+
+
+def test_a_non_ascii_local_part_needs_smtputf8_and_says_so() -> None:
+    with SmtpServer(smtputf8=False) as server:
+        config = server.config()
+        with SmtpTransport(config) as transport, pytest.raises(TransportError) as refused:
+            transport.send(message(config, to="émile@example.test"), to_type="SignIn", payload={})
+
+    assert refused.value.permanent
+    assert "SMTPUTF8" in str(refused.value) and "refused" not in str(refused.value)

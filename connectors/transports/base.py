@@ -66,14 +66,17 @@ class TransportError(Exception):
         self.hint = hint
         self.transcript = list(transcript or [])
 
-    def __str__(self) -> str:
+    @property
+    def summary(self) -> str:
+        """What failed and the server's own words, without the hint (kept apart in the log)."""
         parts = [self.message.rstrip(".") + "."]
         said = " ".join(p for p in (str(self.code or ""), self.server_text) if p)
         if said:
             parts.append(f"The server said: {said}" + ("" if said[-1] in ".!?" else "."))
-        if self.hint:
-            parts.append(self.hint)
         return " ".join(parts)
+
+    def __str__(self) -> str:
+        return f"{self.summary} {self.hint}" if self.hint else self.summary
 
     def __repr__(self) -> str:
         kind = "permanent" if self.permanent else "transient"

@@ -258,7 +258,7 @@ class HttpTransport(Transport):
         return TransportError(
             message,
             permanent=False,
-            hint="The send will be retried.",
+            hint="A later attempt may pass.",
             transcript=transcript,
         )
 
@@ -300,7 +300,7 @@ class HttpTransport(Transport):
         elif status == 404:
             hint = "Check the endpoint's path."
         elif status == 429 or status >= 500:
-            hint = "The send will be retried."
+            hint = "A later attempt may pass."
         raise TransportError(
             failed,
             permanent=status != 429 and status < 500,

@@ -10,6 +10,7 @@ mechanism the server offers, PLAIN before LOGIN as nodemailer does, and `auth.me
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email.utils
 import hmac
 import ipaddress
@@ -306,6 +307,31 @@ def envelope_address(value: str) -> str:
     return email.utils.parseaddr(value)[1] or value
 
 
+def ascii_domains(message: RenderedMessage) -> RenderedMessage:
+    """Write internationalised domains in their ASCII form (IDNA), as every server takes them.
+
+    Only an address whose local part is not ASCII still needs a server that offers SMTPUTF8.
+    """
+    to, from_email = _ascii_domain(message.to), _ascii_domain(message.from_email)
+    if (to, from_email) == (message.to, message.from_email):
+        return message
+    return dataclasses.replace(message, to=to, from_email=from_email)
+
+
+def _ascii_domain(value: str) -> str:
+    if value.isascii():
+        return value
+    address = envelope_address(value)
+    local, _, domain = address.rpartition("@")
+    if not local.isascii() or domain.isascii():
+        return value
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return value  # not a valid international domain: the server will say so
+    return value.replace(address, f"{local}@{ascii_domain}")
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -353,6 +379,7 @@ class SmtpTransport(Transport):
     ) -> SendResult:
         """Send one message over the open connection (or a new one), or raise TransportError."""
         started = time.monotonic()
+        message = ascii_domains(message)
         sender, recipient = envelope_address(message.from_email), envelope_address(message.to)
         try:
             data, message_id = email_bytes(message, utf8=not (sender + recipient).isascii())

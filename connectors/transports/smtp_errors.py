@@ -115,7 +115,7 @@ def classify(
         )
     if isinstance(exc, smtplib.SMTPNotSupportedError):
         return error(
-            f"{failed}: {exc}",
+            f"The SMTP server at {settings.where} cannot take this message: {exc}",
             permanent=True,
             hint="Use an address in ASCII, or a server that supports SMTPUTF8.",
         )
@@ -168,7 +168,14 @@ def _reply_hint(phase: str, code: int, text: str, settings: SmtpSettings) -> str
                 "AUTH only after STARTTLS, do not set `ignoreTLS`; if it needs no login, remove "
                 "`auth`."
             )
+    if code == 530 and "starttls" in lower:
+        return (
+            "The server takes mail only over TLS: do not set `ignoreTLS` (STARTTLS is then used "
+            "whenever the server offers it), or use port 465 with `secure` set to true."
+        )
     if code == 530 or "authentication required" in lower:
+        if settings.auth:
+            return "The server wants a login first, and did not get one it accepts: check `auth`."
         return "The server wants a login before it takes mail: set `auth`."
     if phase == "mail" and code in (550, 551, 553, 554):
         return (
@@ -176,6 +183,8 @@ def _reply_hint(phase: str, code: int, text: str, settings: SmtpSettings) -> str
             "verified with this provider."
         )
     if phase == "rcpt" and code in (550, 551, 553):
+        if settings.auth:
+            return "Check the recipient's address: the server does not take mail for it."
         return (
             "Check the recipient's address. A server that does not relay for you refuses "
             "outside recipients; log in with `auth` to send through it."
@@ -185,7 +194,7 @@ def _reply_hint(phase: str, code: int, text: str, settings: SmtpSettings) -> str
     if phase == "greeting" and code >= 500:
         return "The server refuses connections from this address."
     if 400 <= code < 500:
-        return "The server is busy or limiting the rate of messages; the send will be retried."
+        return "The server is busy or limiting the rate of messages: a later attempt may pass."
     return ""
 
 
@@ -234,17 +243,17 @@ def _timeout_hint(phase: str, settings: SmtpSettings) -> str:
             f"The server took the connection but sent no greeting. If port {settings.port} "
             "expects implicit TLS (usually 465), set `secure` to true."
         )
-    return "The server stopped answering; the send will be retried."
+    return "The server stopped answering: a later attempt may pass."
 
 
 def _disconnect_hint(phase: str, settings: SmtpSettings) -> str:
     if phase == "data":
         return (
-            "The connection dropped while the message was being sent; it will be retried, "
-            "and may arrive twice if the server had in fact taken it."
+            "The connection dropped while the message was being sent: if it is sent again, it "
+            "may arrive twice, in case the server had in fact taken it."
         )
     if phase == "greeting" and not settings.secure and settings.port == 465:
         return "Port 465 expects implicit TLS: set `secure` to true."
     if phase == "greeting":
         return "The server hung up before greeting: it may be overloaded or refuse this address."
-    return "The send will be retried."
+    return "A later attempt may pass."
