@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from send_bench import (  # noqa: E402
     SinkProcess,
     cpu_by_group,
+    database_name,
     drop_database,
     free_port,
     setup_database,
@@ -388,7 +389,7 @@ def main() -> None:
         already = count_accepted()
 
         baseline = load("/healthz", args.seconds, post=False)
-        database = args.database_url.rsplit("/", 1)[1]
+        database = database_name(args.database_url)
         groups = {
             "web (gunicorn)": {processes[0].pid},
             "senders": {p.pid for p in processes[1:]},

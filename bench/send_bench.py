@@ -124,12 +124,17 @@ def baseline_django_send_mail(port: int, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def database_name(url: str) -> str:
+    """Return the database a URL names (options such as `?conn_health_checks=False` apart)."""
+    return url.rsplit("/", 1)[1].split("?", 1)[0]
+
+
 def setup_database(url: str) -> None:
     import psycopg
     from django.core.management import call_command
 
     admin_url = url.rsplit("/", 1)[0] + "/postgres"
-    name = url.rsplit("/", 1)[1]
+    name = database_name(url)
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -143,7 +148,7 @@ def drop_database(url: str) -> None:
     connections.close_all()
     admin_url = url.rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+        conn.execute(f'DROP DATABASE IF EXISTS "{database_name(url)}" WITH (FORCE)')
 
 
 def cpu_by_group(groups: dict[str, set[int]], database: str) -> dict[str, float]:
@@ -219,7 +224,7 @@ def run_ours(
     procs = start_workers(workers, env)
     time.sleep(2)  # let the workers start
     groups = {"workers": {p.pid for p in procs}, "sink": {sink.process.pid}}
-    database = os.environ["DATABASE_URL"].rsplit("/", 1)[1]
+    database = database_name(os.environ["DATABASE_URL"])
     cpu_before, own_before = cpu_by_group(groups, database), time.process_time()
     accepted: dict[str, float] = {}
     threads = [
