@@ -85,3 +85,21 @@ def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
             )
         )
     return problems
+
+
+@register()
+def check_delivery_timing(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """A lease must outlast the longest send, or a second worker could take a delivery mid-send."""
+    lease = getattr(settings, "CONNECTORS_LEASE_SECONDS", 300)
+    send = getattr(settings, "CONNECTORS_SEND_TIMEOUT", 60)
+    if lease > send:
+        return []
+    return [
+        Error(
+            f"CONNECTORS_LEASE_SECONDS ({lease}) must be longer than CONNECTORS_SEND_TIMEOUT "
+            f"({send}).",
+            hint="A worker holds a delivery for the lease; a send that outlasts it could be "
+            "sent a second time by another worker. Raise the lease or lower the send timeout.",
+            id="connectors.E002",
+        )
+    ]

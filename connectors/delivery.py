@@ -105,9 +105,25 @@ def transport_for(connector: Connector, config: dict[str, Any]) -> Transport:
             close_quietly(transport)  # an older version of this connector's config
             del pool[key]
     key = (connector.pk, connector.updated_at.isoformat())
-    transport = pool[key][0] if key in pool else get_transport(connector.kind, config)
+    transport = pool[key][0] if key in pool else new_transport(connector.kind, config)
     pool[key] = (transport, now)
     return transport
+
+
+def new_transport(kind: str, config: dict[str, Any]) -> Transport:
+    """Return a transport whose sends end within CONNECTORS_SEND_TIMEOUT, whatever the config.
+
+    A send must end well within its lease, or another worker could claim the delivery while it
+    is still being sent (the HTTP transport bounds each step to 10 s on its own).
+    """
+    if kind == "smtp":
+        return get_transport(kind, config, send_timeout=send_timeout())
+    return get_transport(kind, config)
+
+
+def send_timeout() -> float:
+    """Return the longest one send may take, in seconds (CONNECTORS_SEND_TIMEOUT)."""
+    return float(getattr(settings, "CONNECTORS_SEND_TIMEOUT", 60))
 
 
 def close_idle_transports(idle_seconds: float = IDLE_SECONDS) -> None:
@@ -184,6 +200,27 @@ def claim_batch(worker: str, policy: RetryPolicy, limit: int) -> tuple[list[Deli
         Delivery.objects.select_related("connector").filter(pk__in=ids, lease_owner=token)
     )
     return claimed, token
+
+
+def renew_leases(deliveries: list[Delivery], token: str, policy: RetryPolicy) -> None:
+    """Extend this worker's lease on deliveries it holds and has yet to send."""
+    Delivery.objects.filter(pk__in=[d.pk for d in deliveries], lease_owner=token).update(
+        lease_expires_at=timezone.now() + policy.lease
+    )
+
+
+def release(deliveries: list[Delivery], token: str, when: Any) -> None:
+    """Put claimed deliveries back in the queue, untried: due at `when`, the claim not counted."""
+    ids = [d.pk for d in deliveries]
+    Delivery.objects.filter(pk__in=ids, lease_owner=token).update(
+        status=DeliveryStatus.QUEUED,
+        lease_owner="",
+        lease_expires_at=None,
+        next_attempt_at=when,
+        attempts=F("attempts") - 1,
+    )
+    for delivery_id in ids:
+        schedule(delivery_id, when)
 
 
 @dataclass
@@ -281,7 +318,7 @@ def attempt(delivery: Delivery, config: dict[str, Any] | None = None) -> SendRes
     else:  # an HTTP endpoint renders for itself: it gets the type and payload
         message = RenderedMessage(to=delivery.to, subject="", text="", html=None, from_email="")
     if not pooled or connector is None:
-        with get_transport(kind, config) as transport:
+        with new_transport(kind, config) as transport:
             return transport.send(
                 message, to_type=delivery.usage_type, payload=payload, ip=delivery.ip
             )
@@ -446,7 +483,8 @@ def apply_outcome(d: Delivery, o: AttemptOutcome, policy: RetryPolicy, now: Any)
     """Set the delivery's fields for the attempt's outcome."""
     d.lease_owner, d.lease_expires_at = "", None
     error = o.error
-    d.error = str(error) if error else ""
+    # The hint has a field of its own: the error says what failed and what the server said.
+    d.error = error.summary if isinstance(error, TransportError) else str(error or "")
     d.hint = getattr(error, "hint", "") or ""
     d.error_code = getattr(error, "code", None) if isinstance(error, TransportError) else None
     if isinstance(error, TransportError):
@@ -520,6 +558,16 @@ def recover(*, now: Any = None, grace: timedelta = timedelta(seconds=60)) -> int
     """Requeue deliveries whose lease lapsed or whose task was lost; return how many."""
     now = now or timezone.now()
     lapsed = Delivery.objects.filter(status=DeliveryStatus.SENDING, lease_expires_at__lt=now)
+    # A test is sent once, while someone waits for it; it is never sent later by a worker.
+    lapsed.filter(source=DeliverySource.TEST).update(
+        status=DeliveryStatus.FAILED,
+        lease_owner="",
+        lease_expires_at=None,
+        next_attempt_at=None,
+        finished_at=now,
+        sealed="",
+        error="The test was interrupted before its outcome was recorded.",
+    )
     lapsed_ids = set(lapsed.values_list("pk", flat=True))
     lapsed.filter(pk__in=lapsed_ids).update(
         status=DeliveryStatus.QUEUED, lease_owner="", lease_expires_at=None, next_attempt_at=now

@@ -28,9 +28,14 @@ from .delivery import (
     close_transports,
     record,
     recover,
+    release,
+    renew_leases,
     run_attempt,
+    send_timeout,
     worker_name,
 )
+from .models import Delivery, DeliveryAttempt
+from .transports import TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +93,7 @@ class SendWorker:
     def run(self, *, max_idle: float | None = None) -> None:
         """Work until stop() is called, or until idle for `max_idle` seconds."""
         policy = RetryPolicy.from_settings()
+        lease_seconds = policy.lease.total_seconds()
         name = worker_name()
         last_recovery = 0.0
         idle_since = time.monotonic()
@@ -103,9 +109,25 @@ class SendWorker:
                 # 2. Claim a batch; 3. send each over a kept connection and record the outcome.
                 batch, token = claim_batch(name, policy, self.batch_size)
                 pending: list[AttemptOutcome] = []
-                flushed = time.monotonic()
-                for delivery in batch:
-                    pending.append(run_attempt(delivery, policy))
+                flushed = leased = time.monotonic()
+                # Connectors whose server did not answer at all in this batch: the rest of
+                # their deliveries go back to the queue untried, so that one stuck server
+                # holds up a worker for one send, not for every message of the batch.
+                stalled: dict[Any, Delivery] = {}
+                untried: list[Delivery] = []
+                for index, delivery in enumerate(batch):
+                    if delivery.connector_id in stalled:
+                        untried.append(delivery)
+                        continue
+                    # Each send ends within CONNECTORS_SEND_TIMEOUT; renewing while at least
+                    # two of those are left on the lease means it never lapses mid-send.
+                    if time.monotonic() - leased > lease_seconds - 2 * send_timeout():
+                        renew_leases(batch[index:], token, policy)
+                        leased = time.monotonic()
+                    outcome = run_attempt(delivery, policy)
+                    pending.append(outcome)
+                    if outcome.outcome == DeliveryAttempt.Outcome.RETRY and no_answer(outcome):
+                        stalled[delivery.connector_id] = delivery
                     self.sent += 1
                     # 4. Record outcomes every few messages or milliseconds: one transaction
                     #    for several rows, yet only those few can be sent twice after a crash.
@@ -116,6 +138,10 @@ class SendWorker:
                         record(pending, token, name, policy)
                         pending, flushed = [], time.monotonic()
                 record(pending, token, name, policy)
+                for connector_id, failed in stalled.items():
+                    # Back to the queue, due when the failed one is retried (record() set it).
+                    waiting = [d for d in untried if d.connector_id == connector_id]
+                    release(waiting, token, failed.next_attempt_at)
                 if batch:
                     idle_since = time.monotonic()
                     continue
@@ -130,3 +156,9 @@ class SendWorker:
     def stop(self, *args: Any) -> None:
         """Finish the current batch, then return from run()."""
         self.running = False
+
+
+def no_answer(outcome: AttemptOutcome) -> bool:
+    """Tell whether an attempt failed without any answer from the server (down, or stuck)."""
+    error = outcome.error
+    return isinstance(error, TransportError) and not error.permanent and error.code is None

@@ -164,6 +164,8 @@ CONNECTORS_MAX_AGE = env.int("CONNECTORS_MAX_AGE", default=3600)  # seconds
 CONNECTORS_RETRY_BASE_DELAY = env.float("CONNECTORS_RETRY_BASE_DELAY", default=5.0)  # seconds
 CONNECTORS_RETRY_MAX_DELAY = env.float("CONNECTORS_RETRY_MAX_DELAY", default=600.0)  # seconds
 CONNECTORS_LEASE_SECONDS = env.int("CONNECTORS_LEASE_SECONDS", default=300)
+# The longest one send may take, all steps together, whatever the connector's own time-outs.
+CONNECTORS_SEND_TIMEOUT = env.float("CONNECTORS_SEND_TIMEOUT", default=60.0)  # seconds
 # seconds between each worker's recovery of expired leases
 CONNECTORS_RECOVER_EVERY = env.float("CONNECTORS_RECOVER_EVERY", default=30.0)
 CONNECTORS_RECIPIENT_RATE_LIMIT = (

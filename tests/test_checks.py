@@ -40,3 +40,12 @@ def test_a_hardened_deployment_passes(settings):
     settings.CSRF_COOKIE_SECURE = True
     settings.ALLOWED_HOSTS = ["console.example.test"]
     assert ids(check_deployment()) == set()
+
+
+def test_a_lease_shorter_than_a_send_is_an_error(settings):
+    from connectors.checks import check_delivery_timing
+
+    settings.CONNECTORS_LEASE_SECONDS, settings.CONNECTORS_SEND_TIMEOUT = 60, 60
+    assert [e.id for e in check_delivery_timing()] == ["connectors.E002"]
+    settings.CONNECTORS_LEASE_SECONDS = 300
+    assert check_delivery_timing() == []

@@ -158,3 +158,20 @@ def test_a_malformed_encryption_key_is_a_message_not_a_traceback(tmp_path, setti
     with pytest.raises(CommandError, match="not a Fernet key"):
         run("import", "mail", write(tmp_path, smtp_config))
     assert not Connector.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_test_prints_the_error_and_its_hint_once():
+    from .servers import SmtpServer
+    from .test_delivery import connector_for
+
+    err = io.StringIO()
+    with SmtpServer() as server:
+        connector_for(server)
+        server.fail_next("RCPT", 550, "5.7.1 Relaying denied")
+        with pytest.raises(CommandError, match="was not sent"):
+            call_command("connectors", "test", "sink", "--to", "ada@example.test", stderr=err)
+
+    failed, hint = err.getvalue().splitlines()
+    assert failed.startswith("Failed: ") and "5.7.1 Relaying denied" in failed
+    assert hint.startswith("Hint: ") and hint[len("Hint: ") :] not in failed

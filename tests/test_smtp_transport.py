@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import pickle
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -501,3 +504,43 @@ def test_a_non_ascii_local_part_needs_smtputf8_and_says_so() -> None:
 
     assert refused.value.permanent
     assert "SMTPUTF8" in str(refused.value) and "refused" not in str(refused.value)
+
+
+@contextlib.contextmanager
+def silent_after_ehlo() -> Iterator[tuple[str, int]]:
+    """A server that greets and answers EHLO, then never answers again (a stuck server)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"220 stuck.test ESMTP\r\n")
+            reader = conn.makefile("rb")
+            while not stop.is_set():
+                line = reader.readline()
+                if not line:
+                    return
+                if line.upper().startswith((b"EHLO", b"HELO")):
+                    conn.sendall(b"250 stuck.test\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_send_timeout_bounds_the_whole_send_however_long_each_step_may_wait() -> None:
+    with silent_after_ehlo() as (host, port):
+        config = {"host": host, "port": port, "fromEmail": "a@acme.test", "socketTimeout": 60000}
+        started = time.monotonic()
+        with pytest.raises(TransportError) as stuck:
+            SmtpTransport(config, send_timeout=1.0).send(message(config), payload={})
+        elapsed = time.monotonic() - started
+
+    assert elapsed < 5  # not the minute socketTimeout allows
+    assert not stuck.value.permanent
+    assert "time limit" in stuck.value.message and "CONNECTORS_SEND_TIMEOUT" in stuck.value.hint

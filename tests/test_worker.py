@@ -70,6 +70,7 @@ def start_worker(*extra: str) -> subprocess.Popen[bytes]:
         "TASKS_BACKEND": "connectors.outbox.OutboxBackend",
         "CONNECTOR_ENCRYPTION_KEYS": TEST_KEY,
         "CONNECTORS_LEASE_SECONDS": "2",
+        "CONNECTORS_SEND_TIMEOUT": "1",
         "CONNECTORS_RECOVER_EVERY": "0.5",
     }
     return subprocess.Popen(

@@ -28,7 +28,7 @@ from typing import Any
 from ..rendering import PLAIN_ADDRESS, RenderedMessage, email_bytes
 from .base import MASK, SendResult, Transport, TransportError, resolve
 from .oauth2 import OAuth2Token, can_refresh, refresh_access_token
-from .smtp_errors import classify
+from .smtp_errors import SendTimeLimit, classify
 
 __all__ = ["OAuth2Token", "SmtpSettings", "SmtpTransport", "default_client_name"]
 
@@ -197,6 +197,8 @@ class _Connection(smtplib.SMTP):
         self.body_started = False
         self.encrypted = False
         self.last_challenge = b""  # the server's last SASL challenge, decoded
+        self.deadline: float | None = None  # time.monotonic() by which the whole send must end
+        self.step_timeout = settings.greeting_timeout  # the wait for one answer, in seconds
         super().__init__(
             local_hostname=settings.client_name,
             timeout=settings.connect_timeout,
@@ -207,7 +209,7 @@ class _Connection(smtplib.SMTP):
         """Return a socket connected within the config's DNS and connection time-outs."""
         settings = self.settings
         self.phase = "dns"
-        addresses = resolve(host, port, timeout=settings.dns_timeout)
+        addresses = resolve(host, port, timeout=self.within_deadline(settings.dns_timeout))
         if settings.source_address:
             family = ipaddress.ip_address(settings.source_address[0]).version
             addresses = [a for a in addresses if (a[0] == socket.AF_INET6) == (family == 6)]
@@ -216,7 +218,7 @@ class _Connection(smtplib.SMTP):
         for family_, _, _, _, address in addresses:
             sock = socket.socket(family_, socket.SOCK_STREAM)
             try:
-                sock.settimeout(settings.connect_timeout)
+                sock.settimeout(self.within_deadline(settings.connect_timeout))
                 if settings.source_address:
                     sock.bind(settings.source_address)
                 sock.connect(address)
@@ -233,12 +235,26 @@ class _Connection(smtplib.SMTP):
                     sock, server_hostname=settings.tls_server_name
                 )
                 self.encrypted = True
-            sock.settimeout(settings.greeting_timeout)
+            sock.settimeout(self.within_deadline(settings.greeting_timeout))
         except BaseException:
             sock.close()
             raise
         self.phase = "greeting"
         return sock
+
+    def within_deadline(self, timeout: float) -> float:
+        """Return `timeout`, shortened to what is left of the send's time limit."""
+        if self.deadline is None:
+            return timeout
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise SendTimeLimit(self.phase)
+        return min(timeout, left)
+
+    def bound_next_step(self) -> None:
+        """Before a command or a wait for an answer: no longer than the step or the send allows."""
+        if self.deadline is not None and self.sock is not None:
+            self.sock.settimeout(self.within_deadline(self.step_timeout))
 
     def starttls_as(self, context: ssl.SSLContext, server_name: str) -> None:
         """Upgrade to TLS, checking the certificate against server_name rather than the host."""
@@ -275,6 +291,7 @@ class _Connection(smtplib.SMTP):
             self.transcript.append(f"C: <message, {memoryview(s).nbytes} bytes>")
         else:
             self.transcript.append("C: " + self._redacted(s.rstrip("\r\n")))
+        self.bound_next_step()
         super().send(s)
 
     def _redacted(self, line: str) -> str:
@@ -288,10 +305,13 @@ class _Connection(smtplib.SMTP):
 
     def getreply(self) -> tuple[int, bytes]:
         try:
+            self.bound_next_step()
             code, reply = super().getreply()
         except smtplib.SMTPServerDisconnected as exc:
             timed_out = isinstance(exc.__context__, TimeoutError)
             self.transcript.append("S: <timed out>" if timed_out else "S: <connection closed>")
+            if timed_out and self.deadline is not None and time.monotonic() >= self.deadline:
+                raise SendTimeLimit(self.phase) from exc
             raise
         lines = reply.decode("utf-8", "replace").split("\n")
         for number, line in enumerate(lines, start=1):
@@ -352,8 +372,11 @@ class SmtpTransport(Transport):
 
     kind = "smtp"
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    def __init__(self, config: Mapping[str, Any], *, send_timeout: float | None = None) -> None:
+        """`send_timeout` bounds one send, all steps together (the config's bound each step)."""
         super().__init__(config)
+        self.send_timeout = send_timeout
+        self._deadline: float | None = None
         auth = config.get("auth") or {}
         self.idle_since: float | None = None  # time.monotonic() when the connection was last used
         self.refreshed_token: OAuth2Token | None = None
@@ -390,7 +413,9 @@ class SmtpTransport(Transport):
                 hint="Check the addresses and headers in the config and the template.",
             ) from exc
         with self._lock:
+            self._deadline = started + self.send_timeout if self.send_timeout else None
             conn, reused = self._usable_connection()
+            conn.deadline = self._deadline
             try:
                 reply = self._deliver(conn, data, sender, recipient)
             except (
@@ -488,10 +513,12 @@ class SmtpTransport(Transport):
         """Return a connection that is greeted, upgraded to TLS and authenticated as configured."""
         settings = self.settings
         conn = _Connection(settings, transcript)
+        conn.deadline = self._deadline
         try:
             code, reply = conn.connect(settings.host, settings.port)
             if code != 220:
                 raise smtplib.SMTPConnectError(code, reply)
+            conn.step_timeout = settings.socket_timeout
             if conn.sock is not None:
                 conn.sock.settimeout(settings.socket_timeout)
             conn.phase = "ehlo"

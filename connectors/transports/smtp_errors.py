@@ -30,6 +30,13 @@ HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
 IP_MISMATCH = 64  # X509_V_ERR_IP_ADDRESS_MISMATCH
 
 
+class SendTimeLimit(TimeoutError):
+    """The send as a whole took longer than its time limit (SmtpTransport's `send_timeout`)."""
+
+    def __init__(self, phase: str) -> None:
+        super().__init__(f"the send's time limit ran out during {phase}")
+
+
 def classify(
     exc: BaseException, phase: str, settings: SmtpSettings, transcript: list[str]
 ) -> TransportError:
@@ -81,6 +88,13 @@ def classify(
             permanent=True,
             hint=_wrong_tls_mode_hint(phase, settings)
             or "The server and this client share no TLS version or cipher: check `tls.minVersion`.",
+        )
+    if isinstance(exc, SendTimeLimit) or isinstance(exc.__context__, SendTimeLimit):
+        return error(
+            f"{failed}: the send took longer than its time limit",
+            permanent=False,
+            hint="The server answers too slowly; each send is cut off after "
+            "CONNECTORS_SEND_TIMEOUT seconds so that one slow server cannot hold up the others.",
         )
     if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
         seconds = {

@@ -139,9 +139,11 @@ class Command(BaseCommand):
             for warning in outcome.result.warnings if outcome.result else []:
                 self.stdout.write(f"  warning:    {warning}")
             return
-        self.stderr.write(f"Failed: {delivery.error}")
-        if delivery.hint:
-            self.stderr.write(f"Hint: {delivery.hint}")
+        error = outcome.error
+        self.stderr.write(f"Failed: {getattr(error, 'summary', None) or error or delivery.error}")
+        hint = getattr(error, "hint", "") or delivery.hint
+        if hint:
+            self.stderr.write(f"Hint: {hint}")
         raise CommandError(f"The test message to {delivery.to} was not sent.")
 
     def handle_import(
