@@ -179,6 +179,12 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        # Django's own loggers print once, through the root handler (not twice).
+        "django": {"handlers": [], "propagate": True},
+        # aiosmtpd (the development mail catcher) logs every connection at INFO.
+        "mail.log": {"level": "WARNING"},
+    },
 }
 
 # Console ------------------------------------------------------------------------------------------
