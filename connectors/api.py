@@ -124,13 +124,6 @@ def api_view(*methods: str) -> Callable[[View], View]:
     def decorate(view: View) -> View:
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            response = answer(request, *args, **kwargs)
-            if request.method == "HEAD":  # the headers GET would send, and no body (RFC 9110)
-                response["Content-Length"] = str(len(response.content))
-                response.content = b""
-            return response
-
-        def answer(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             try:
                 if request.method not in allowed:
                     raise ApiError(
@@ -208,14 +201,12 @@ def presented_token(request: HttpRequest) -> str:
         raise ApiError(
             401,
             "invalid_token",
-            # Never echo the header: without the scheme, its first word is the token itself.
+            # Never echo the header: its first word may well be the token itself.
             "The Authorization header must be `Bearer cc_…` with an API token"
             + (
                 " (it holds the token without the `Bearer ` in front)."
                 if scheme.startswith("cc_")
-                else f", not the {scheme[:10]!r} scheme."
-                if scheme.isalpha()
-                else "."
+                else "; it uses another scheme."
             ),
             headers={"WWW-Authenticate": f'{REALM}, error="invalid_request"'},
         )

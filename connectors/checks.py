@@ -92,6 +92,14 @@ def check_delivery_timing(app_configs: Any = None, **kwargs: Any) -> list[Error]
     """A lease must outlast the longest send, or a second worker could take a delivery mid-send."""
     lease = getattr(settings, "CONNECTORS_LEASE_SECONDS", 300)
     send = getattr(settings, "CONNECTORS_SEND_TIMEOUT", 60)
+    if send <= 0:
+        return [
+            Error(
+                f"CONNECTORS_SEND_TIMEOUT must be a positive number of seconds, not {send}.",
+                hint="Without a limit, a stuck server could hold a send past its lease.",
+                id="connectors.E002",
+            )
+        ]
     if lease > send:
         return []
     return [

@@ -114,11 +114,9 @@ def new_transport(kind: str, config: dict[str, Any]) -> Transport:
     """Return a transport whose sends end within CONNECTORS_SEND_TIMEOUT, whatever the config.
 
     A send must end well within its lease, or another worker could claim the delivery while it
-    is still being sent (the HTTP transport bounds each step to 10 s on its own).
+    is still being sent.
     """
-    if kind == "smtp":
-        return get_transport(kind, config, send_timeout=send_timeout())
-    return get_transport(kind, config)
+    return get_transport(kind, config, send_timeout=send_timeout())
 
 
 def send_timeout() -> float:
@@ -197,7 +195,9 @@ def claim_batch(worker: str, policy: RetryPolicy, limit: int) -> tuple[list[Deli
             attempts=F("attempts") + 1,
         )
     claimed = list(
-        Delivery.objects.select_related("connector").filter(pk__in=ids, lease_owner=token)
+        Delivery.objects.select_related("connector")
+        .filter(pk__in=ids, lease_owner=token)
+        .order_by("next_attempt_at")  # oldest first, as claimed
     )
     return claimed, token
 

@@ -326,7 +326,9 @@ def clean_ip(value: object) -> str | None:
     if value is None or value == "":
         return None
     try:
-        address = ipaddress.ip_address(value)  # type: ignore[arg-type]
+        if not isinstance(value, str):
+            raise ValueError(value)  # ip_address() would read an int as an address
+        address = ipaddress.ip_address(value)
     except ValueError:
         raise SendError(
             "invalid_ip", f"{str(value)[:60]!r} is not an IP address.", path="ip"

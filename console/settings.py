@@ -65,6 +65,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "console.middleware.HeadWithoutBody",
     "django.middleware.security.SecurityMiddleware",
     # Serves the files `collectstatic` gathered in STATIC_ROOT from the app server itself, so
     # production needs no separate file server; see README's production notes.

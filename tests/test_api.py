@@ -709,16 +709,20 @@ def test_the_console_says_the_database_is_unreachable_with_a_503_page():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_head_healthz_sends_the_headers_and_no_body():
+@pytest.mark.parametrize("path", ["/healthz", "/login/", "/api/v1/openapi.json"])
+def test_head_sends_the_headers_and_no_body(path):
     # Straight through the WSGI application, as gunicorn calls it: Django's test client and its
     # development server drop a HEAD body themselves, gunicorn does not.
     from django.core.handlers.wsgi import WSGIHandler
     from django.test.client import RequestFactory
 
-    environ = RequestFactory().generic("HEAD", "/healthz").environ
-    started: list[str] = []
-    body = b"".join(WSGIHandler()(environ, lambda status, headers: started.append(status)))
-    assert started == ["200 OK"] and body == b""
+    environ = RequestFactory().generic("HEAD", path).environ
+    started: list[tuple[str, dict[str, str]]] = []
+    answer = WSGIHandler()(environ, lambda status, headers: started.append((status, dict(headers))))
+    body = b"".join(answer)
+    [(status, headers)] = started
+    assert status == "200 OK" and body == b""
+    assert int(headers["Content-Length"]) > 0  # what GET would send
 
 
 def test_openapi_document_is_served_without_auth(client):

@@ -49,3 +49,5 @@ def test_a_lease_shorter_than_a_send_is_an_error(settings):
     assert [e.id for e in check_delivery_timing()] == ["connectors.E002"]
     settings.CONNECTORS_LEASE_SECONDS = 300
     assert check_delivery_timing() == []
+    settings.CONNECTORS_SEND_TIMEOUT = 0  # no limit at all is refused too
+    assert [e.id for e in check_delivery_timing()] == ["connectors.E002"]

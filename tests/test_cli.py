@@ -161,7 +161,7 @@ def test_a_malformed_encryption_key_is_a_message_not_a_traceback(tmp_path, setti
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_failed_test_prints_the_error_and_its_hint_once():
+def test_a_failed_test_prints_the_error_and_its_hint_once(caplog):
     from .servers import SmtpServer
     from .test_delivery import connector_for
 
@@ -173,5 +173,6 @@ def test_a_failed_test_prints_the_error_and_its_hint_once():
             call_command("connectors", "test", "sink", "--to", "ada@example.test", stderr=err)
 
     failed, hint = err.getvalue().splitlines()
+    assert not [r for r in caplog.records if r.name == "connectors.delivery"]  # not logged too
     assert failed.startswith("Failed: ") and "5.7.1 Relaying denied" in failed
     assert hint.startswith("Hint: ") and hint[len("Hint: ") :] not in failed

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -227,3 +230,44 @@ def test_the_registry_makes_transports_by_kind() -> None:
         get_transport("fax", {})
     assert raised.value.permanent
     assert "http, smtp" in str(raised.value)
+
+
+@contextlib.contextmanager
+def dripping_endpoint(seconds_per_byte: float) -> Iterator[str]:
+    """An endpoint that reads the request, then answers one byte at a time, slowly."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+                    if stop.wait(seconds_per_byte):
+                        return
+                    conn.sendall(bytes([byte]))
+
+    threading.Thread(target=serve, daemon=True).start()
+    host, port = listener.getsockname()
+    try:
+        yield f"http://{host}:{port}/send"
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_send_timeout_cuts_off_an_endpoint_that_answers_a_byte_at_a_time() -> None:
+    with dripping_endpoint(seconds_per_byte=0.3) as url:
+        started = time.monotonic()
+        error = send_error(url, timeout=1.0, send_timeout=1.0)
+        elapsed = time.monotonic() - started
+
+    assert elapsed < 3  # each byte comes within the step time-out: only the limit ends it
+    assert not error.permanent and "time limit" in error.message
+
+
+def test_a_slow_answer_within_the_limit_is_read_whole() -> None:
+    with dripping_endpoint(seconds_per_byte=0.01) as url:
+        result = send(url, send_timeout=5.0)
+    assert result.server_reply.startswith("200")

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
     ("options", "code", "path"),
     [
         ({"ip": "not-an-ip"}, "invalid_ip", "ip"),
+        ({"ip": 1234}, "invalid_ip", "ip"),
         ({"locale": "x" * 50}, "invalid_locale", "locale"),
         ({"locale": "../../etc\r\n"}, "invalid_locale", "locale"),
         ({"payload": {"code": "1", "locale": "fr\nBcc"}}, "invalid_locale", "payload.locale"),

@@ -40,6 +40,13 @@ class SendResult:
     transcript: list[str] = field(default_factory=list)
 
 
+class SendTimeLimit(TimeoutError):
+    """The send as a whole took longer than its time limit (a transport's `send_timeout`)."""
+
+    def __init__(self, step: str) -> None:
+        super().__init__(f"the send's time limit ran out during {step}")
+
+
 class TransportError(Exception):
     """A message was not sent: what failed, the server's own words, and what to try next.
 

@@ -9,17 +9,19 @@ the checked address itself, so a second DNS answer cannot swap it.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .base import MASK, SendResult, Transport, TransportError, resolve
+from .base import MASK, SendResult, SendTimeLimit, Transport, TransportError, resolve
 
 if TYPE_CHECKING:
     from ..rendering import RenderedMessage
@@ -79,6 +81,14 @@ def _default_allow_private() -> bool:
         return False
 
 
+def _cut(conn: http.client.HTTPConnection) -> None:
+    """Shut a connection's socket from another thread: the send's time limit has run out."""
+    conn.cut = True  # type: ignore[attr-defined]
+    if conn.sock is not None:
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """An HTTP connection to a checked address, naming the original host in the request."""
 
@@ -119,10 +129,13 @@ class HttpTransport(Transport):
         allow_private: bool | None = None,
         timeout: float = 10.0,
         tls_context: ssl.SSLContext | None = None,
+        send_timeout: float | None = None,
     ) -> None:
+        """`timeout` bounds each step (connect, each read); `send_timeout` the send as a whole."""
         super().__init__(config)
         self.allow_private = _default_allow_private() if allow_private is None else allow_private
         self.timeout = timeout
+        self.send_timeout = send_timeout
         self.tls_context = tls_context or ssl.create_default_context()
 
     def send(
@@ -172,9 +185,16 @@ class HttpTransport(Transport):
             else:
                 conn = _PinnedHTTPConnection(host, port, address=address, timeout=self.timeout)
             try:
-                conn.request("POST", path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read(65536)
+                response, data = self._exchange(conn, path, body, headers, started)
+            except SendTimeLimit as exc:
+                raise TransportError(
+                    f"{failed}: the send took longer than its time limit",
+                    permanent=False,
+                    hint="The endpoint answers too slowly; each send is cut off after "
+                    "CONNECTORS_SEND_TIMEOUT seconds so that one slow server cannot hold up "
+                    "the others.",
+                    transcript=transcript,
+                ) from exc
             except ssl.SSLCertVerificationError as exc:
                 raise TransportError(
                     f"{failed}: the server's certificate could not be verified "
@@ -206,6 +226,34 @@ class HttpTransport(Transport):
             "port, and that the service is running.",
             transcript=transcript,
         ) from last_error
+
+    def _exchange(
+        self,
+        conn: http.client.HTTPConnection,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        started: float,
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """POST and read the answer (its first 64 KiB) within the send's time limit."""
+        # A server that answers a byte at a time never lets a step time out: past the send's
+        # time limit, a timer shuts the socket, which ends a read at once.
+        cutoff = None
+        if self.send_timeout:
+            left = max(0.0, started + self.send_timeout - time.monotonic())
+            cutoff = threading.Timer(left, _cut, [conn])
+            cutoff.start()
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            return response, response.read(65536)
+        except (OSError, http.client.HTTPException) as exc:
+            if getattr(conn, "cut", False):
+                raise SendTimeLimit("the HTTP exchange") from exc
+            raise
+        finally:
+            if cutoff is not None:
+                cutoff.cancel()
 
     def _addresses(self, host: str, port: int, failed: str, transcript: list[str]) -> list[str]:
         """Return the host's addresses that may be contacted, or raise TransportError."""

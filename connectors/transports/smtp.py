@@ -26,9 +26,9 @@ from functools import cache
 from typing import Any
 
 from ..rendering import PLAIN_ADDRESS, RenderedMessage, email_bytes
-from .base import MASK, SendResult, Transport, TransportError, resolve
+from .base import MASK, SendResult, SendTimeLimit, Transport, TransportError, resolve
 from .oauth2 import OAuth2Token, can_refresh, refresh_access_token
-from .smtp_errors import SendTimeLimit, classify
+from .smtp_errors import classify
 
 __all__ = ["OAuth2Token", "SmtpSettings", "SmtpTransport", "default_client_name"]
 

@@ -6,7 +6,7 @@ import smtplib
 import ssl
 from typing import TYPE_CHECKING
 
-from .base import TransportError
+from .base import SendTimeLimit, TransportError
 
 if TYPE_CHECKING:
     from .smtp import SmtpSettings
@@ -26,15 +26,21 @@ FAILED = {
     "rcpt": "The SMTP server at {where} refused the recipient",
     "data": "The SMTP server at {where} did not take the message",
 }
+# Where a conversation was when it stalled, for people.
+STEPS = {
+    "dns": "looking up the host",
+    "connect": "connecting",
+    "tls": "the TLS handshake",
+    "greeting": "waiting for the greeting",
+    "ehlo": "at EHLO",
+    "starttls": "at STARTTLS",
+    "auth": "logging in",
+    "mail": "at MAIL FROM",
+    "rcpt": "at RCPT TO",
+    "data": "sending the message",
+}
 HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
 IP_MISMATCH = 64  # X509_V_ERR_IP_ADDRESS_MISMATCH
-
-
-class SendTimeLimit(TimeoutError):
-    """The send as a whole took longer than its time limit (SmtpTransport's `send_timeout`)."""
-
-    def __init__(self, phase: str) -> None:
-        super().__init__(f"the send's time limit ran out during {phase}")
 
 
 def classify(
@@ -91,7 +97,8 @@ def classify(
         )
     if isinstance(exc, SendTimeLimit) or isinstance(exc.__context__, SendTimeLimit):
         return error(
-            f"{failed}: the send took longer than its time limit",
+            f"The SMTP conversation with {settings.where} took longer than the send's time "
+            f"limit ({STEPS.get(phase, phase)})",
             permanent=False,
             hint="The server answers too slowly; each send is cut off after "
             "CONNECTORS_SEND_TIMEOUT seconds so that one slow server cannot hold up the others.",
@@ -103,8 +110,15 @@ def classify(
             "tls": settings.connect_timeout,
             "greeting": settings.greeting_timeout,
         }.get(phase, settings.socket_timeout)
+        stalled = (
+            failed
+            if phase in ("dns", "connect", "tls", "greeting")
+            else (
+                f"The SMTP server at {settings.where} stopped answering ({STEPS.get(phase, phase)})"
+            )
+        )
         return error(
-            f"{failed}: no answer within {seconds:g} s",
+            f"{stalled}: no answer within {seconds:g} s",
             permanent=False,
             hint=_timeout_hint(phase, settings),
         )
@@ -172,9 +186,14 @@ def _reply_hint(phase: str, code: int, text: str, settings: SmtpSettings) -> str
                 "API key rather than the account's password."
             )
         if code == 538 or "encryption required" in lower:
+            if settings.ignore_tls:
+                return (
+                    "The server accepts credentials only over TLS: do not set `ignoreTLS`, or "
+                    "use port 465 with `secure` set to true."
+                )
             return (
-                "The server accepts credentials only over TLS: do not set `ignoreTLS`, or use "
-                "port 465 with `secure` set to true."
+                "The server accepts credentials only over TLS and offered no STARTTLS here: "
+                "use port 465 with `secure` set to true, or a port where it offers STARTTLS."
             )
         if code in (500, 502, 503, 504):
             return (

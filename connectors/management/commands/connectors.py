@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from argparse import ArgumentParser
 from pathlib import Path
@@ -127,10 +128,16 @@ class Command(BaseCommand):
         **options: Any,
     ) -> None:
         self.connector(slug)
+        # The outcome is printed below; the delivery log's own line would say it twice.
+        delivery_log = logging.getLogger("connectors.delivery")
+        level = delivery_log.level
+        delivery_log.setLevel(logging.WARNING)
         try:
             outcome = send_test(to, type, connector=slug, locale=locale, source_detail="cli")
         except SendError as exc:
             raise CommandError(str(exc)) from None
+        finally:
+            delivery_log.setLevel(level)
         delivery = outcome.delivery
         if delivery.status == DeliveryStatus.SENT:
             self.stdout.write(f"Sent {delivery.usage_type} to {delivery.to} through {slug}.")
