@@ -501,21 +501,8 @@ class ApiTokenAdmin(SuperuserOnly, admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiToken]:
         return super().get_queryset(request).prefetch_related("connectors")
 
-    # The admin's titles come from the model's name, which reads "api token".
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         return super().changelist_view(request, {"title": "API tokens", **(extra_context or {})})
-
-    def add_view(
-        self, request: HttpRequest, form_url: str = "", extra_context: Any = None
-    ) -> HttpResponse:
-        context = {"title": "Add API token", **(extra_context or {})}
-        return super().add_view(request, form_url, context)
-
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
-    ) -> HttpResponse:
-        context = {"title": "API token", **(extra_context or {})}
-        return super().change_view(request, object_id, form_url, context)
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> Any:
         return (

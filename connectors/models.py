@@ -47,15 +47,16 @@ class ConnectorKind(models.TextChoices):
 
 
 class UsageType(models.TextChoices):
-    REGISTER = "Register"
-    SIGN_IN = "SignIn"
-    FORGOT_PASSWORD = "ForgotPassword"
-    GENERIC = "Generic"
-    ORGANIZATION_INVITATION = "OrganizationInvitation"
-    USER_PERMISSION_VALIDATION = "UserPermissionValidation"
-    BIND_NEW_IDENTIFIER = "BindNewIdentifier"
-    MFA_VERIFICATION = "MfaVerification"
-    BIND_MFA = "BindMfa"
+    # Labelled with Logto's own names, as they appear in configs, templates and API calls.
+    REGISTER = "Register", "Register"
+    SIGN_IN = "SignIn", "SignIn"
+    FORGOT_PASSWORD = "ForgotPassword", "ForgotPassword"
+    GENERIC = "Generic", "Generic"
+    ORGANIZATION_INVITATION = "OrganizationInvitation", "OrganizationInvitation"
+    USER_PERMISSION_VALIDATION = "UserPermissionValidation", "UserPermissionValidation"
+    BIND_NEW_IDENTIFIER = "BindNewIdentifier", "BindNewIdentifier"
+    MFA_VERIFICATION = "MfaVerification", "MfaVerification"
+    BIND_MFA = "BindMfa", "BindMfa"
 
     @classmethod
     def parse(cls, value: str) -> UsageType:
@@ -515,6 +516,7 @@ class ApiToken(models.Model):
 
     class Meta:
         ordering = ["name"]
+        verbose_name = "API token"
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"

@@ -54,6 +54,13 @@ def test_the_log_filters_by_status_connector_usage_type_source_and_date(
     assert old.pk in listed(admin_client)
 
 
+def test_usage_types_are_named_as_in_configs(admin_client, smtp_connector):
+    delivery(smtp_connector, usage_type="ForgotPassword")
+    html = " ".join(admin_client.get(reverse(LOG)).content.decode().split())
+    assert "ForgotPassword" in html and "Forgot Password" not in html
+    assert "SignIn" in html and "Sign In" not in html  # the filter lists every type
+
+
 def test_the_log_is_searched_by_recipient(admin_client, smtp_connector):
     ada = delivery(smtp_connector, to="ada@example.test")
     delivery(smtp_connector, to="grace@example.test")
