@@ -100,14 +100,15 @@ def check_delivery_timing(app_configs: Any = None, **kwargs: Any) -> list[Error]
                 id="connectors.E002",
             )
         ]
-    if lease > send:
+    if lease >= 2 * send:
         return []
     return [
         Error(
-            f"CONNECTORS_LEASE_SECONDS ({lease}) must be longer than CONNECTORS_SEND_TIMEOUT "
+            f"CONNECTORS_LEASE_SECONDS ({lease}) must be at least twice CONNECTORS_SEND_TIMEOUT "
             f"({send}).",
-            hint="A worker holds a delivery for the lease; a send that outlasts it could be "
-            "sent a second time by another worker. Raise the lease or lower the send timeout.",
+            hint="A worker holds a delivery for the lease, renewing it while two sends' worth "
+            "is left; a send that outlasted it could be sent a second time by another worker. "
+            "Raise the lease or lower the send timeout.",
             id="connectors.E002",
         )
     ]

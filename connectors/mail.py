@@ -34,18 +34,27 @@ from .service import SendError, pick_connector, queue_rendered
 class ConnectorEmailBackend(BaseEmailBackend):
     """Queue each message for delivery through a connector."""
 
-    def __init__(self, *args: Any, connector: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, connector: str | None = None, fail_silently: bool = False, **kwargs: Any
+    ) -> None:
+        """`fail_silently` (an option in MAILERS) drops a refused message instead of raising."""
         super().__init__(*args, **kwargs)
         self.connector = connector
+        self.fail_silently = fail_silently
 
     def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
         """Queue every message; return how many were accepted."""
         accepted = 0
         for message in email_messages:
-            target = pick_connector(self.connector)
-            with transaction.atomic():  # every recipient of a message, or none
-                for rendered in written_messages(message, target):
-                    queue_rendered(rendered, connector=target.slug, source=DeliverySource.MAIL)
+            try:
+                target = pick_connector(self.connector)
+                with transaction.atomic():  # every recipient of a message, or none
+                    for rendered in written_messages(message, target):
+                        queue_rendered(rendered, connector=target.slug, source=DeliverySource.MAIL)
+            except SendError:
+                if not self.fail_silently:
+                    raise
+                continue
             accepted += 1
         return accepted
 

@@ -348,10 +348,17 @@ class DeliverySource(models.TextChoices):
 
 class DeliveryQuerySet(models.QuerySet["Delivery"]):
     def due(self, now: Any) -> DeliveryQuerySet:
-        """Return deliveries ready for an attempt: queued and due, or sending past its lease."""
+        """Return deliveries ready for an attempt: queued and due, or sending past its lease.
+
+        A test past its lease is not: it is sent once, while someone waits, and `recover()`
+        marks it failed.
+        """
         return self.filter(
             models.Q(status=DeliveryStatus.QUEUED, next_attempt_at__lte=now)
-            | models.Q(status=DeliveryStatus.SENDING, lease_expires_at__lt=now)
+            | (
+                models.Q(status=DeliveryStatus.SENDING, lease_expires_at__lt=now)
+                & ~models.Q(source=DeliverySource.TEST)
+            )
         )
 
     def pending(self) -> DeliveryQuerySet:

@@ -122,7 +122,7 @@ class SendWorker:
                     # Each send ends within CONNECTORS_SEND_TIMEOUT; renewing while at least
                     # two of those are left on the lease means it never lapses mid-send.
                     if time.monotonic() - leased > lease_seconds - 2 * send_timeout():
-                        renew_leases(batch[index:], token, policy)
+                        renew_leases(untried + batch[index:], token, policy)
                         leased = time.monotonic()
                     outcome = run_attempt(delivery, policy)
                     pending.append(outcome)

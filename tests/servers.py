@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import email
 import email.policy
 import functools
 import ipaddress
 import json
+import socket
 import ssl
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -534,3 +536,65 @@ class OAuth2TokenServer(HttpServer):
     @property
     def token_url(self) -> str:
         return f"{self.url}/token"
+
+
+# Misbehaving servers, written on raw sockets: what no well-behaved library server will do.
+
+
+@contextlib.contextmanager
+def raw_server(talk: Callable[[socket.socket, threading.Event], None]) -> Iterator[tuple[str, int]]:
+    """A TCP server on loopback handing each connection to `talk` in a thread of its own.
+
+    `talk` gets the connection and an event set when the server stops; yields (host, port).
+    """
+    listener = socket.create_server((LOOPBACK, 0))
+    stop = threading.Event()
+    connections: list[socket.socket] = []
+
+    def handle(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError, ValueError):
+            talk(conn, stop)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                connections.append(conn)
+                threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[:2]
+    finally:
+        stop.set()
+        listener.close()
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+def drip(conn: socket.socket, data: bytes, seconds_per_byte: float, stop: threading.Event) -> None:
+    """Send data a byte at a time, slowly, until done or the server stops."""
+    for byte in data:
+        if stop.wait(seconds_per_byte):
+            return
+        conn.sendall(bytes([byte]))
+
+
+def smtp_after_ehlo(answer_mail: Callable[[socket.socket, threading.Event], None]) -> Any:
+    """Return a `talk` for raw_server: greet, answer EHLO, then let answer_mail answer MAIL."""
+
+    def talk(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"220 odd.test ESMTP\r\n")
+        for line in conn.makefile("rb"):
+            if line.upper().startswith((b"EHLO", b"HELO")):
+                conn.sendall(b"250 odd.test\r\n")
+            elif line.upper().startswith(b"MAIL"):
+                answer_mail(conn, stop)
+
+    return talk
+
+
+def stuck_smtp_server() -> Any:
+    """An SMTP server that greets and answers EHLO, then never answers again (a stuck server)."""
+    return raw_server(smtp_after_ehlo(lambda conn, stop: None))

@@ -45,8 +45,10 @@ def test_a_hardened_deployment_passes(settings):
 def test_a_lease_shorter_than_a_send_is_an_error(settings):
     from connectors.checks import check_delivery_timing
 
-    settings.CONNECTORS_LEASE_SECONDS, settings.CONNECTORS_SEND_TIMEOUT = 60, 60
+    settings.CONNECTORS_LEASE_SECONDS, settings.CONNECTORS_SEND_TIMEOUT = 100, 60
     assert [e.id for e in check_delivery_timing()] == ["connectors.E002"]
+    settings.CONNECTORS_LEASE_SECONDS = 120
+    assert check_delivery_timing() == []
     settings.CONNECTORS_LEASE_SECONDS = 300
     assert check_delivery_timing() == []
     settings.CONNECTORS_SEND_TIMEOUT = 0  # no limit at all is refused too

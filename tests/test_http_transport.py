@@ -15,7 +15,7 @@ import pytest
 from connectors.rendering import RenderedMessage
 from connectors.transports import HttpTransport, TransportError, get_transport
 
-from .servers import HttpServer, certificates
+from .servers import HttpServer, certificates, drip, raw_server
 
 AUTHORIZATION = "Bearer http-s3cret-token"
 PAYLOAD: dict[str, Any] = {"code": "123456", "locale": "fr", "user": {"name": "Zoë"}}
@@ -235,26 +235,13 @@ def test_the_registry_makes_transports_by_kind() -> None:
 @contextlib.contextmanager
 def dripping_endpoint(seconds_per_byte: float) -> Iterator[str]:
     """An endpoint that reads the request, then answers one byte at a time, slowly."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
 
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            conn, _ = listener.accept()
-            with conn:
-                conn.recv(65536)
-                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
-                    if stop.wait(seconds_per_byte):
-                        return
-                    conn.sendall(bytes([byte]))
+    def talk(conn: socket.socket, stop: threading.Event) -> None:
+        conn.recv(65536)
+        drip(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", seconds_per_byte, stop)
 
-    threading.Thread(target=serve, daemon=True).start()
-    host, port = listener.getsockname()
-    try:
+    with raw_server(talk) as (host, port):
         yield f"http://{host}:{port}/send"
-    finally:
-        stop.set()
-        listener.close()
 
 
 def test_send_timeout_cuts_off_an_endpoint_that_answers_a_byte_at_a_time() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.mail import EmailMessage, send_mail
 
+from connectors.mail import ConnectorEmailBackend
 from connectors.models import Delivery, DeliveryStatus
 from connectors.service import SendError
 
@@ -86,3 +87,12 @@ def test_header_injection_is_refused_when_the_message_is_accepted(
         message.send(using="connectors")
     assert refused.value.code == "invalid_message"
     assert not Delivery.objects.exists() and not smtp.messages
+
+
+def test_fail_silently_swallows_a_refused_message(embedded_mode, mailer, smtp):  # noqa: F811
+    connector_for(smtp)
+    backend = ConnectorEmailBackend(fail_silently=True)
+    refused = EmailMessage("Hi\r\nBcc: x@example.test", "Body", None, ["a@example.test"])
+    accepted = EmailMessage("Hi", "Body", None, ["a@example.test"])
+    assert backend.send_messages([refused, accepted]) == 1
+    assert Delivery.objects.count() == 1

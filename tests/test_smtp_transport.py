@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import email.utils
 import pickle
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +15,14 @@ import pytest
 from connectors.rendering import RenderedMessage, render_message
 from connectors.transports import SmtpTransport, TransportError, get_transport
 
-from .servers import OAuth2TokenServer, SmtpServer
+from .servers import (
+    OAuth2TokenServer,
+    SmtpServer,
+    drip,
+    raw_server,
+    smtp_after_ehlo,
+    stuck_smtp_server,
+)
 
 PASSWORD = "pässword-s3cret"
 USER = "mailer@acme.test"
@@ -506,35 +511,8 @@ def test_a_non_ascii_local_part_needs_smtputf8_and_says_so() -> None:
     assert "SMTPUTF8" in str(refused.value) and "refused" not in str(refused.value)
 
 
-@contextlib.contextmanager
-def silent_after_ehlo() -> Iterator[tuple[str, int]]:
-    """A server that greets and answers EHLO, then never answers again (a stuck server)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.sendall(b"220 stuck.test ESMTP\r\n")
-            reader = conn.makefile("rb")
-            while not stop.is_set():
-                line = reader.readline()
-                if not line:
-                    return
-                if line.upper().startswith((b"EHLO", b"HELO")):
-                    conn.sendall(b"250 stuck.test\r\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()
-    finally:
-        stop.set()
-        listener.close()
-
-
 def test_send_timeout_bounds_the_whole_send_however_long_each_step_may_wait() -> None:
-    with silent_after_ehlo() as (host, port):
+    with stuck_smtp_server() as (host, port):
         config = {"host": host, "port": port, "fromEmail": "a@acme.test", "socketTimeout": 60000}
         started = time.monotonic()
         with pytest.raises(TransportError) as stuck:
@@ -544,3 +522,35 @@ def test_send_timeout_bounds_the_whole_send_however_long_each_step_may_wait() ->
     assert elapsed < 5  # not the minute socketTimeout allows
     assert not stuck.value.permanent
     assert "time limit" in stuck.value.message and "CONNECTORS_SEND_TIMEOUT" in stuck.value.hint
+
+
+def test_send_timeout_cuts_off_a_server_that_answers_a_byte_at_a_time() -> None:
+    long_answer = b"250-" + b"x" * 200 + b"\r\n250 ok\r\n"
+    answer = smtp_after_ehlo(lambda conn, stop: drip(conn, long_answer, 0.2, stop))
+    with raw_server(answer) as (host, port):
+        config = {"host": host, "port": port, "fromEmail": "a@acme.test", "socketTimeout": 60000}
+        started = time.monotonic()
+        with (
+            SmtpTransport(config, send_timeout=1.0) as transport,
+            pytest.raises(TransportError) as dripped,
+        ):
+            transport.send(message(config), payload={})
+        elapsed = time.monotonic() - started
+
+    assert elapsed < 4  # not the 40 s the answer takes
+    assert not dripped.value.permanent and "time limit" in dripped.value.message
+    assert "at MAIL FROM" in dripped.value.message
+
+
+def test_a_kept_connection_outlives_the_time_limit_of_an_earlier_send(
+    plain_server: SmtpServer,
+) -> None:
+    config = plain_server.config()
+    with SmtpTransport(config, send_timeout=0.3) as transport:
+        transport.send(message(config), to_type="SignIn", payload=PAYLOAD)
+        time.sleep(0.5)  # the first send's limit is long past
+        transport.idle_since -= 60  # and the connection is probed before reuse
+        transport.send(message(config), to_type="SignIn", payload=PAYLOAD)
+
+    assert plain_server.connections == 1
+    assert len(plain_server.messages) == 2

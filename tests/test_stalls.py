@@ -2,52 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from connectors.delivery import recover
 from connectors.models import Delivery, DeliveryAttempt, DeliverySource, DeliveryStatus
 from connectors.outbox import SendWorker
 from connectors.service import send_message
 
+from .servers import SmtpServer, stuck_smtp_server
 from .test_delivery import connector_for, smtp, worker_mode  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@contextlib.contextmanager
-def stuck_server() -> Iterator[tuple[str, int]]:
-    """A server that greets and answers EHLO, then never answers again, on every connection."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    connections: list[socket.socket] = []
-
-    def talk(conn: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            conn.sendall(b"220 stuck.test ESMTP\r\n")
-            for line in conn.makefile("rb"):
-                if line.upper().startswith((b"EHLO", b"HELO")):
-                    conn.sendall(b"250 stuck.test\r\n")
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = listener.accept()
-                connections.append(conn)
-                threading.Thread(target=talk, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield listener.getsockname()
-    finally:
-        listener.close()
-        for conn in connections:
-            conn.close()
 
 
 def stuck_connector(slug: str, address: tuple[str, int], healthy):
@@ -58,7 +28,7 @@ def stuck_connector(slug: str, address: tuple[str, int], healthy):
 def test_one_stuck_server_holds_a_worker_up_for_one_send(worker_mode, settings, smtp):  # noqa: F811
     settings.CONNECTORS_SEND_TIMEOUT = 0.5
     connector_for(smtp, "healthy")
-    with stuck_server() as address:
+    with stuck_smtp_server() as address:
         stuck_connector("stuck", address, smtp)
         for n in range(3):
             send_message(f"s{n}@example.test", "SignIn", {"code": "1"}, connector="stuck")
@@ -79,7 +49,7 @@ def test_one_stuck_server_holds_a_worker_up_for_one_send(worker_mode, settings, 
 def test_leases_are_renewed_so_a_slow_batch_loses_none(worker_mode, settings, smtp):  # noqa: F811
     settings.CONNECTORS_SEND_TIMEOUT = 0.4
     settings.CONNECTORS_LEASE_SECONDS = 1
-    with stuck_server() as address:
+    with stuck_smtp_server() as address:
         for n in range(4):  # four connectors, so that each delivery is tried
             stuck_connector(f"stuck-{n}", address, smtp)
             send_message("ada@example.test", "SignIn", {"code": "1"}, connector=f"stuck-{n}")
@@ -104,16 +74,35 @@ def test_leases_are_renewed_so_a_slow_batch_loses_none(worker_mode, settings, sm
     assert set(Delivery.objects.values_list("attempts", "status")) == {(1, DeliveryStatus.QUEUED)}
 
 
-def test_an_interrupted_test_is_failed_not_sent_later(worker_mode, smtp):  # noqa: F811
-    connector_for(smtp)
+def interrupted_test(server: SmtpServer) -> Delivery:
+    """A test delivery whose sender went away mid-send: its lease has lapsed."""
+    connector_for(server)
     delivery = send_message("ada@example.test", "Generic", {"code": "1"}, connector="sink")
     Delivery.objects.filter(pk=delivery.pk).update(
-        source=DeliverySource.TEST, status=DeliveryStatus.SENDING, lease_owner="gone", attempts=1
+        source=DeliverySource.TEST,
+        status=DeliveryStatus.SENDING,
+        lease_owner="gone",
+        lease_expires_at=delivery.created_at,
+        attempts=1,
     )
-    Delivery.objects.filter(pk=delivery.pk).update(lease_expires_at=delivery.created_at)
+    return delivery
+
+
+def test_an_interrupted_test_is_failed_not_sent_later(worker_mode, smtp):  # noqa: F811
+    delivery = interrupted_test(smtp)
 
     recover()
 
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.FAILED and "interrupted" in delivery.error
     assert not delivery.sealed
+
+
+def test_a_worker_does_not_take_a_test_whose_lease_lapsed(worker_mode, smtp):  # noqa: F811
+    delivery = interrupted_test(smtp)
+
+    assert not Delivery.objects.due(timezone.now()).exists()  # nothing for a worker to claim
+    SendWorker(batch_size=10).run(max_idle=0.2)
+
+    assert not smtp.messages
+    assert Delivery.objects.get(pk=delivery.pk).status == DeliveryStatus.FAILED

@@ -84,9 +84,10 @@ def _default_allow_private() -> bool:
 def _cut(conn: http.client.HTTPConnection) -> None:
     """Shut a connection's socket from another thread: the send's time limit has run out."""
     conn.cut = True  # type: ignore[attr-defined]
-    if conn.sock is not None:
-        with contextlib.suppress(OSError):
-            conn.sock.shutdown(socket.SHUT_RDWR)
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(Exception):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # not SSLSocket's: keep TLS state
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -240,10 +241,16 @@ class HttpTransport(Transport):
         # time limit, a timer shuts the socket, which ends a read at once.
         cutoff = None
         if self.send_timeout:
-            left = max(0.0, started + self.send_timeout - time.monotonic())
+            left = started + self.send_timeout - time.monotonic()
+            if left <= 0:
+                raise SendTimeLimit("connecting")
+            conn.timeout = min(self.timeout, left)
             cutoff = threading.Timer(left, _cut, [conn])
             cutoff.start()
         try:
+            conn.connect()  # here, so that the timer finds the socket to shut
+            if getattr(conn, "cut", False):
+                raise SendTimeLimit("connecting")
             conn.request("POST", path, body=body, headers=headers)
             response = conn.getresponse()
             return response, response.read(65536)

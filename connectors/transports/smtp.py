@@ -10,6 +10,7 @@ mechanism the server offers, PLAIN before LOGIN as nodemailer does, and `auth.me
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import email.utils
 import hmac
@@ -20,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Buffer, Callable, Mapping
+from collections.abc import Buffer, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -251,6 +252,20 @@ class _Connection(smtplib.SMTP):
             raise SendTimeLimit(self.phase)
         return min(timeout, left)
 
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def cut(self) -> None:
+        """Shut the socket from another thread: the send's time limit has run out.
+
+        Each wait is already bounded by what is left of the limit, but a server that answers a
+        byte at a time would restart that wait with every byte; the shut socket ends it.
+        """
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # not SSLSocket's: keep TLS state
+
     def bound_next_step(self) -> None:
         """Before a command or a wait for an answer: no longer than the step or the send allows."""
         if self.deadline is not None and self.sock is not None:
@@ -292,7 +307,12 @@ class _Connection(smtplib.SMTP):
         else:
             self.transcript.append("C: " + self._redacted(s.rstrip("\r\n")))
         self.bound_next_step()
-        super().send(s)
+        try:
+            super().send(s)
+        except smtplib.SMTPServerDisconnected as exc:
+            if self.past_deadline():
+                raise SendTimeLimit(self.phase) from exc
+            raise
 
     def _redacted(self, line: str) -> str:
         if not self.redacting:
@@ -310,7 +330,7 @@ class _Connection(smtplib.SMTP):
         except smtplib.SMTPServerDisconnected as exc:
             timed_out = isinstance(exc.__context__, TimeoutError)
             self.transcript.append("S: <timed out>" if timed_out else "S: <connection closed>")
-            if timed_out and self.deadline is not None and time.monotonic() >= self.deadline:
+            if self.past_deadline():
                 raise SendTimeLimit(self.phase) from exc
             raise
         lines = reply.decode("utf-8", "replace").split("\n")
@@ -377,6 +397,7 @@ class SmtpTransport(Transport):
         super().__init__(config)
         self.send_timeout = send_timeout
         self._deadline: float | None = None
+        self._current: _Connection | None = None  # the connection a send is using, for _cut()
         auth = config.get("auth") or {}
         self.idle_since: float | None = None  # time.monotonic() when the connection was last used
         self.refreshed_token: OAuth2Token | None = None
@@ -412,10 +433,8 @@ class SmtpTransport(Transport):
                 permanent=True,
                 hint="Check the addresses and headers in the config and the template.",
             ) from exc
-        with self._lock:
-            self._deadline = started + self.send_timeout if self.send_timeout else None
+        with self._lock, self._time_limit(started):
             conn, reused = self._usable_connection()
-            conn.deadline = self._deadline
             try:
                 reply = self._deliver(conn, data, sender, recipient)
             except (
@@ -429,7 +448,7 @@ class SmtpTransport(Transport):
             except OSError as exc:
                 # A kept connection may have been dropped by the server since its last use; as
                 # long as no byte of the message went out, one fresh attempt cannot duplicate it.
-                if not reused or conn.body_started:
+                if isinstance(exc, SendTimeLimit) or not reused or conn.body_started:
                     raise self._failure(exc, conn) from exc
                 self._discard()
                 conn.transcript.append(
@@ -449,6 +468,31 @@ class SmtpTransport(Transport):
                 warnings=list(conn.warnings),
                 transcript=list(conn.transcript),
             )
+
+    @contextlib.contextmanager
+    def _time_limit(self, started: float) -> Iterator[None]:
+        """Bound what runs inside to `send_timeout`: every wait, and a watchdog for the rest."""
+        if not self.send_timeout:
+            yield
+            return
+        self._deadline = started + self.send_timeout
+        self._current = self._connection
+        if self._connection is not None:
+            self._connection.deadline = self._deadline
+        watchdog = threading.Timer(max(0.0, self._deadline - time.monotonic()), self._cut)
+        watchdog.start()
+        try:
+            yield
+        finally:
+            watchdog.cancel()
+            self._deadline = self._current = None
+            if self._connection is not None:
+                self._connection.deadline = None
+
+    def _cut(self) -> None:
+        conn = self._current  # the connection in use: kept, or being opened
+        if conn is not None:
+            conn.cut()
 
     def check(self) -> SendResult:
         """Connect, upgrade to TLS, authenticate and QUIT without sending: a connection test."""
@@ -512,7 +556,7 @@ class SmtpTransport(Transport):
     def _open(self, transcript: list[str]) -> _Connection:
         """Return a connection that is greeted, upgraded to TLS and authenticated as configured."""
         settings = self.settings
-        conn = _Connection(settings, transcript)
+        conn = self._current = _Connection(settings, transcript)
         conn.deadline = self._deadline
         try:
             code, reply = conn.connect(settings.host, settings.port)
