@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import socket
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -38,6 +43,69 @@ class SendResult:
     elapsed_ms: int
     warnings: list[str] = field(default_factory=list)
     transcript: list[str] = field(default_factory=list)
+
+
+class Watchdog:
+    """One thread per process that calls each armed callback once its deadline passes.
+
+    What the transports use to cut off a send that outlasts its time limit: arming and
+    disarming cost a lock and a heap operation, where a timer thread per send would cost a
+    thread's start on every message.
+    """
+
+    def __init__(self) -> None:
+        self._wakeup = threading.Condition()
+        self._armed: dict[int, Callable[[], None]] = {}
+        self._queue: list[tuple[float, int]] = []  # a heap of (deadline, key)
+        self._keys = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float, callback: Callable[[], None]) -> int:
+        """Call callback (in the watchdog's thread) at time.monotonic() deadline; return a key."""
+        with self._wakeup:
+            key = next(self._keys)
+            self._armed[key] = callback
+            heapq.heappush(self._queue, (deadline, key))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="send-watchdog", daemon=True)
+                self._thread.start()
+            if self._queue[0][1] == key:
+                self._wakeup.notify()
+            return key
+
+    def disarm(self, key: int) -> None:
+        """Forget an armed callback that has not been called yet."""
+        with self._wakeup:
+            self._armed.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while True:
+                    while self._queue and self._queue[0][1] not in self._armed:
+                        heapq.heappop(self._queue)  # disarmed
+                    if not self._queue:
+                        self._wakeup.wait()
+                        continue
+                    deadline, key = self._queue[0]
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        heapq.heappop(self._queue)
+                        callback = self._armed.pop(key)
+                        break
+                    self._wakeup.wait(left)
+            with contextlib.suppress(Exception):
+                callback()
+
+
+watchdog = Watchdog()
+
+
+def shut(sock: socket.socket | None) -> None:
+    """Shut a socket from another thread, ending any read or write in progress on it."""
+    if sock is not None:
+        with contextlib.suppress(Exception):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # not SSLSocket's: keep TLS state
 
 
 class SendTimeLimit(TimeoutError):

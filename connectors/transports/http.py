@@ -9,19 +9,27 @@ the checked address itself, so a second DNS answer cannot swap it.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import http.client
 import ipaddress
 import json
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .base import MASK, SendResult, SendTimeLimit, Transport, TransportError, resolve
+from .base import (
+    MASK,
+    SendResult,
+    SendTimeLimit,
+    Transport,
+    TransportError,
+    resolve,
+    shut,
+    watchdog,
+)
 
 if TYPE_CHECKING:
     from ..rendering import RenderedMessage
@@ -84,10 +92,7 @@ def _default_allow_private() -> bool:
 def _cut(conn: http.client.HTTPConnection) -> None:
     """Shut a connection's socket from another thread: the send's time limit has run out."""
     conn.cut = True  # type: ignore[attr-defined]
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(Exception):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # not SSLSocket's: keep TLS state
+    shut(conn.sock)
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -239,14 +244,14 @@ class HttpTransport(Transport):
         """POST and read the answer (its first 64 KiB) within the send's time limit."""
         # A server that answers a byte at a time never lets a step time out: past the send's
         # time limit, a timer shuts the socket, which ends a read at once.
-        cutoff = None
+        alarm = None
         if self.send_timeout:
-            left = started + self.send_timeout - time.monotonic()
+            deadline = started + self.send_timeout
+            left = deadline - time.monotonic()
             if left <= 0:
                 raise SendTimeLimit("connecting")
             conn.timeout = min(self.timeout, left)
-            cutoff = threading.Timer(left, _cut, [conn])
-            cutoff.start()
+            alarm = watchdog.arm(deadline, functools.partial(_cut, conn))
         try:
             conn.connect()  # here, so that the timer finds the socket to shut
             if getattr(conn, "cut", False):
@@ -259,8 +264,8 @@ class HttpTransport(Transport):
                 raise SendTimeLimit("the HTTP exchange") from exc
             raise
         finally:
-            if cutoff is not None:
-                cutoff.cancel()
+            if alarm is not None:
+                watchdog.disarm(alarm)
 
     def _addresses(self, host: str, port: int, failed: str, transcript: list[str]) -> list[str]:
         """Return the host's addresses that may be contacted, or raise TransportError."""

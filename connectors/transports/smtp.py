@@ -27,7 +27,16 @@ from functools import cache
 from typing import Any
 
 from ..rendering import PLAIN_ADDRESS, RenderedMessage, email_bytes
-from .base import MASK, SendResult, SendTimeLimit, Transport, TransportError, resolve
+from .base import (
+    MASK,
+    SendResult,
+    SendTimeLimit,
+    Transport,
+    TransportError,
+    resolve,
+    shut,
+    watchdog,
+)
 from .oauth2 import OAuth2Token, can_refresh, refresh_access_token
 from .smtp_errors import classify
 
@@ -261,10 +270,7 @@ class _Connection(smtplib.SMTP):
         Each wait is already bounded by what is left of the limit, but a server that answers a
         byte at a time would restart that wait with every byte; the shut socket ends it.
         """
-        sock = self.sock
-        if sock is not None:
-            with contextlib.suppress(Exception):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # not SSLSocket's: keep TLS state
+        shut(self.sock)
 
     def bound_next_step(self) -> None:
         """Before a command or a wait for an answer: no longer than the step or the send allows."""
@@ -479,12 +485,11 @@ class SmtpTransport(Transport):
         self._current = self._connection
         if self._connection is not None:
             self._connection.deadline = self._deadline
-        watchdog = threading.Timer(max(0.0, self._deadline - time.monotonic()), self._cut)
-        watchdog.start()
+        alarm = watchdog.arm(self._deadline, self._cut)
         try:
             yield
         finally:
-            watchdog.cancel()
+            watchdog.disarm(alarm)
             self._deadline = self._current = None
             if self._connection is not None:
                 self._connection.deadline = None
