@@ -36,6 +36,31 @@ from .views import editor, history, templates
 ConnectorView = Callable[..., HttpResponse]
 
 
+def object_view(
+    model_admin: admin.ModelAdmin,
+    view: Callable[..., HttpResponse],
+    allowed: Callable[[HttpRequest, Any], bool],
+    *,
+    method: str | None = None,
+) -> Callable[..., HttpResponse]:
+    """Wrap a page or button of one object, view(request, obj, ...), with the console's checks.
+
+    The method (405), the object (404) and the user's permission on it (403), in that order.
+    """
+
+    def wrapped(request: HttpRequest, object_id: Any, *args: Any, **kwargs: Any) -> HttpResponse:
+        if method and request.method != method:
+            return HttpResponse(status=405, headers={"Allow": method})
+        obj = model_admin.get_object(request, str(object_id))
+        if obj is None:
+            raise Http404(f"No such {model_admin.opts.verbose_name}.")
+        if not allowed(request, obj):
+            raise PermissionDenied
+        return view(request, obj, *args, **kwargs)
+
+    return model_admin.admin_site.admin_view(wrapped)
+
+
 @admin.register(Connector)
 class ConnectorAdmin(admin.ModelAdmin):
     form = ConnectorForm
@@ -116,20 +141,14 @@ class ConnectorAdmin(admin.ModelAdmin):
         self, view: ConnectorView, permission: str, *, method: str | None = None
     ) -> Callable[..., HttpResponse]:
         """Wrap a view taking (request, model_admin, connector, ...) with the console's checks."""
-
-        def wrapped(
-            request: HttpRequest, object_id: int, *args: Any, **kwargs: Any
-        ) -> HttpResponse:
-            if method and request.method != method:
-                return HttpResponse(status=405, headers={"Allow": method})
-            connector = self.get_object(request, str(object_id))
-            if connector is None:
-                raise Http404("No such connector.")
-            if not self._allowed(permission, request, connector):
-                raise PermissionDenied
-            return view(request, self, connector, *args, **kwargs)
-
-        return self.admin_site.admin_view(wrapped)
+        return object_view(
+            self,
+            lambda request, connector, *args, **kwargs: view(
+                request, self, connector, *args, **kwargs
+            ),
+            lambda request, connector: self._allowed(permission, request, connector),
+            method=method,
+        )
 
     def _send_test_new(self, request: HttpRequest) -> HttpResponse:
         if request.method != "POST":
@@ -415,21 +434,14 @@ class DeliveryAdmin(admin.ModelAdmin):
         return [
             path(
                 "<uuid:object_id>/retry/",
-                self.admin_site.admin_view(self.retry_view),
+                object_view(self, self.retry_view, self.has_retry_permission, method="POST"),
                 name="connectors_delivery_retry",
             ),
             *super().get_urls(),
         ]
 
-    def retry_view(self, request: HttpRequest, object_id: Any) -> HttpResponse:
+    def retry_view(self, request: HttpRequest, delivery: Delivery) -> HttpResponse:
         """Queue a delivery for another attempt now (its page's Retry button)."""
-        if request.method != "POST":
-            return HttpResponse(status=405, headers={"Allow": "POST"})
-        if not self.has_retry_permission(request):
-            raise PermissionDenied
-        delivery = self.get_object(request, str(object_id))
-        if delivery is None:
-            raise Http404("No such delivery.")
         self._retry(request, [delivery])
         return HttpResponseRedirect(reverse("admin:connectors_delivery_change", args=[delivery.pk]))
 
@@ -546,21 +558,14 @@ class ApiTokenAdmin(SuperuserOnly, admin.ModelAdmin):
         return [
             path(
                 "<int:object_id>/revoke/",
-                self.admin_site.admin_view(self.revoke_view),
+                object_view(self, self.revoke_view, self.has_change_permission, method="POST"),
                 name="connectors_apitoken_revoke",
             ),
             *super().get_urls(),
         ]
 
-    def revoke_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+    def revoke_view(self, request: HttpRequest, token: ApiToken) -> HttpResponse:
         """Revoke one token (its page's Revoke button)."""
-        if request.method != "POST":
-            return HttpResponse(status=405, headers={"Allow": "POST"})
-        if not self.has_change_permission(request):
-            raise PermissionDenied
-        token = self.get_object(request, str(object_id))
-        if token is None:
-            raise Http404("No such token.")
         self.revoke(request, ApiToken.objects.filter(pk=token.pk))
         return HttpResponseRedirect(reverse("admin:connectors_apitoken_changelist"))
 

@@ -153,14 +153,9 @@ def template_edit(
             if index is None:
                 raise Http404("No such template.")
             del items[index]
-            config["templates"] = items
-            result = schema.validate_config_data(connector.kind, config)
-            if result.ok and result.data is not None:
-                connector.apply_config(
-                    result.data,
-                    user=request.user,
-                    note=f"template {usage_type} ({locale or 'default'}) deleted",
-                )
+            note = f"template {usage_type} ({locale or 'default'}) deleted"
+            result = store_templates(connector, config, items, request.user, note)
+            if result.ok:
                 messages.success(
                     request, f"Deleted the {usage_type} template ({locale or 'default'})."
                 )
@@ -175,14 +170,9 @@ def template_edit(
                 index = len(items) - 1
             else:
                 items[index] = item
-            config["templates"] = items
-            result = schema.validate_config_data(connector.kind, config)
-            if result.ok and result.data is not None:
-                connector.apply_config(
-                    result.data,
-                    user=request.user,
-                    note=f"template {usage_type} ({locale or 'default'}) edited",
-                )
+            note = f"template {usage_type} ({locale or 'default'}) edited"
+            result = store_templates(connector, config, items, request.user, note)
+            if result.ok:
                 messages.success(
                     request,
                     f"Saved the {usage_type} template ({locale or 'default'}) of {connector.name}.",
@@ -232,6 +222,17 @@ def template_edit(
         payload=json.dumps(sample_payload(locale or None), indent=2),
     )
     return TemplateResponse(request, "admin/connectors/connector/template_form.html", context)
+
+
+def store_templates(
+    connector: Connector, config: dict[str, Any], items: list[Any], user: Any, note: str
+) -> schema.ValidationResult:
+    """Validate the config with these templates and, if valid, save it as a new revision."""
+    config["templates"] = items
+    result = schema.validate_config_data(connector.kind, config)
+    if result.ok and result.data is not None:
+        connector.apply_config(result.data, user=user, note=note)
+    return result
 
 
 def fallback_template(connector: Connector, usage_type: str, locale: str) -> dict[str, Any]:
