@@ -42,6 +42,7 @@ from send_bench import (  # noqa: E402
     database_name,
     drop_database,
     free_port,
+    make_bench_connector,
     setup_database,
 )
 
@@ -306,19 +307,9 @@ def main() -> None:
     sink = SinkProcess(workdir)
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        from connectors import schema
-        from connectors.models import Connector
         from connectors.tokens import issue_token
 
-        config = schema.example_config("smtp")
-        for key in ("auth", "tls", "requireTLS", "servername", "localAddress", "customHeaders"):
-            config.pop(key, None)
-        config.update(
-            host="127.0.0.1", port=sink.port, ignoreTLS=True, fromEmail="Bench <bench@example.test>"
-        )
-        result = schema.validate_config_data("smtp", config)
-        assert result.ok, result.errors
-        Connector(slug="bench", name="Bench", kind="smtp").apply_config(result.data)
+        make_bench_connector(sink.port)
         token = issue_token("bench")[1]
         from django.db import connections
 

@@ -129,6 +129,22 @@ def database_name(url: str) -> str:
     return url.rsplit("/", 1)[1].split("?", 1)[0]
 
 
+def make_bench_connector(port: int) -> None:
+    """Create the connector `bench`: the full example, sending in plain SMTP to the sink."""
+    from connectors import schema
+    from connectors.models import Connector
+
+    config = schema.example_config("smtp")
+    for key in ("auth", "tls", "requireTLS", "servername", "localAddress", "customHeaders"):
+        config.pop(key, None)
+    config.update(
+        host="127.0.0.1", port=port, ignoreTLS=True, fromEmail="Bench <bench@example.test>"
+    )
+    result = schema.validate_config_data("smtp", config)
+    assert result.ok, result.errors
+    Connector(slug="bench", name="Bench", kind="smtp").apply_config(result.data)
+
+
 def setup_database(url: str) -> None:
     import psycopg
     from django.core.management import call_command
@@ -307,18 +323,7 @@ def main() -> None:
     directory.mkdir(parents=True, exist_ok=True)
     sink = SinkProcess(directory)
     try:
-        from connectors import schema
-        from connectors.models import Connector
-
-        config = schema.example_config("smtp")
-        for key in ("auth", "tls", "requireTLS", "servername", "localAddress", "customHeaders"):
-            config.pop(key, None)
-        config.update(
-            host="127.0.0.1", port=sink.port, ignoreTLS=True, fromEmail="Bench <bench@example.test>"
-        )
-        result = schema.validate_config_data("smtp", config)
-        assert result.ok, result.errors
-        Connector(slug="bench", name="Bench", kind="smtp").apply_config(result.data)
+        make_bench_connector(sink.port)
         n = args.messages
 
         print(
