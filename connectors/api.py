@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 import json
 import logging
 import re
@@ -36,7 +35,7 @@ from django.views.decorators.csrf import csrf_exempt
 from . import openapi
 from .models import ApiToken, Connector, Delivery, DeliverySource, DeliveryStatus
 from .schema import _suggest
-from .service import SendError, send_message
+from .service import SendError, clean_ip, clean_locale, send_message
 from .tokens import hash_token, verify_token
 
 logger = logging.getLogger(__name__)
@@ -57,7 +56,6 @@ BODY_FIELDS: dict[str, tuple[type, str]] = {
     "locale": (str, 'a string (a locale such as "fr-CA")'),
 }
 REQUIRED_FIELDS = ("to", "type")
-LOCALE = re.compile(r"[A-Za-z0-9_-]{1,35}")
 SLUG = re.compile(r"[-a-zA-Z0-9_]{1,100}")
 # Visible ASCII and spaces: a key that can travel in a header and be shown in a log unchanged.
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,179}")
@@ -469,15 +467,20 @@ def parse_message(body: Any) -> MessageRequest:
             details.extend(text_problems(body[key], key))
     payload = body.get("payload") or {}
     locale = body.get("locale")
-    if locale is not None and not LOCALE.fullmatch(locale):
-        details.append({"path": "locale", "message": 'must be a locale such as "fr-CA"'})
-    elif locale is None and payload.get("locale") not in (None, ""):
+
+    def check(clean: Callable[..., Any], *args: Any) -> Any:
+        # The send service's own checks, every problem collected rather than the first raised.
+        try:
+            return clean(*args)
+        except SendError as exc:
+            details.append({"path": exc.path, "message": str(exc)})
+            return None
+
+    if locale is not None:  # present, it must be one: "" is not a way to say "none" here
+        check(functools.partial(clean_locale, empty=False), locale, "locale")
+    else:
         # Without a top-level locale the payload's picks the template: it must be one too.
-        inner = payload["locale"]
-        if not isinstance(inner, str) or not LOCALE.fullmatch(inner):
-            details.append(
-                {"path": "payload.locale", "message": 'must be a locale such as "fr-CA"'}
-            )
+        check(clean_locale, payload.get("locale"), "payload.locale")
     connector = body.get("connector")
     if connector is not None and not SLUG.fullmatch(connector):
         details.append(
@@ -486,16 +489,7 @@ def parse_message(body: Any) -> MessageRequest:
                 "message": "must be a connector's slug (letters, digits, - and _)",
             }
         )
-    ip = body.get("ip")
-    if ip is not None:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            details.append({"path": "ip", "message": f"{ip[:60]!r} is not an IP address"})
-        else:
-            if getattr(address, "scope_id", None):
-                details.append({"path": "ip", "message": "must not carry a zone (%…)"})
-            ip = str(address)
+    ip = check(clean_ip, body.get("ip"))
     if details:
         raise invalid_body(details)
     return MessageRequest(

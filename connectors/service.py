@@ -74,7 +74,7 @@ def send_message(
     if locale is not None:
         locale = clean_locale(locale, "locale")
     else:
-        locale = clean_locale(payload.get("locale") or "", "payload.locale")
+        locale = clean_locale(payload.get("locale"), "payload.locale")
     ip = clean_ip(ip)
     idempotency_key = clean_idempotency_key(idempotency_key)
     target, recent = connector_and_recent_count(connector, to)
@@ -308,14 +308,14 @@ def clean_payload(payload: object) -> dict[str, Any]:
     return payload
 
 
-def clean_locale(value: object, path: str) -> str:
-    """Return a locale tag ("" for none), or raise SendError."""
-    if value == "":
+def clean_locale(value: object, path: str, *, empty: bool = True) -> str:
+    """Return a locale tag ("" for none: None or "", unless not `empty`), or raise SendError."""
+    if empty and (value is None or value == ""):
         return ""
     if not isinstance(value, str) or not LOCALE.fullmatch(value):
         raise SendError(
             "invalid_locale",
-            f"{str(value)[:40]!r} is not a locale: use a language tag such as fr or fr-CA.",
+            f'must be a locale such as "fr-CA" (a language tag), not {str(value)[:40]!r}',
             path=path,
         )
     return value
@@ -333,6 +333,8 @@ def clean_ip(value: object) -> str | None:
         raise SendError(
             "invalid_ip", f"{str(value)[:60]!r} is not an IP address.", path="ip"
         ) from None
+    if getattr(address, "scope_id", None):
+        raise SendError("invalid_ip", "An IP address must not carry a zone (%…).", path="ip")
     return str(address)
 
 
