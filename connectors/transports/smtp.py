@@ -208,7 +208,6 @@ class _Connection(smtplib.SMTP):
         self.encrypted = False
         self.last_challenge = b""  # the server's last SASL challenge, decoded
         self.deadline: float | None = None  # time.monotonic() by which the whole send must end
-        self.step_timeout = settings.greeting_timeout  # the wait for one answer, in seconds
         super().__init__(
             local_hostname=settings.client_name,
             timeout=settings.connect_timeout,
@@ -265,17 +264,13 @@ class _Connection(smtplib.SMTP):
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def cut(self) -> None:
-        """Shut the socket from another thread: the send's time limit has run out.
+        """Shut the socket from another thread (the watchdog): the send's time limit has run out.
 
-        Each wait is already bounded by what is left of the limit, but a server that answers a
-        byte at a time would restart that wait with every byte; the shut socket ends it.
+        Looking up and connecting are bounded by what is left of the limit (`within_deadline`);
+        after that, every read's time-out restarts with each byte a server sends, so only the
+        shut socket ends a send that outlasts its limit.
         """
         shut(self.sock)
-
-    def bound_next_step(self) -> None:
-        """Before a command or a wait for an answer: no longer than the step or the send allows."""
-        if self.deadline is not None and self.sock is not None:
-            self.sock.settimeout(self.within_deadline(self.step_timeout))
 
     def starttls_as(self, context: ssl.SSLContext, server_name: str) -> None:
         """Upgrade to TLS, checking the certificate against server_name rather than the host."""
@@ -312,7 +307,6 @@ class _Connection(smtplib.SMTP):
             self.transcript.append(f"C: <message, {memoryview(s).nbytes} bytes>")
         else:
             self.transcript.append("C: " + self._redacted(s.rstrip("\r\n")))
-        self.bound_next_step()
         try:
             super().send(s)
         except smtplib.SMTPServerDisconnected as exc:
@@ -331,7 +325,6 @@ class _Connection(smtplib.SMTP):
 
     def getreply(self) -> tuple[int, bytes]:
         try:
-            self.bound_next_step()
             code, reply = super().getreply()
         except smtplib.SMTPServerDisconnected as exc:
             timed_out = isinstance(exc.__context__, TimeoutError)
@@ -567,7 +560,6 @@ class SmtpTransport(Transport):
             code, reply = conn.connect(settings.host, settings.port)
             if code != 220:
                 raise smtplib.SMTPConnectError(code, reply)
-            conn.step_timeout = settings.socket_timeout
             if conn.sock is not None:
                 conn.sock.settimeout(settings.socket_timeout)
             conn.phase = "ehlo"
