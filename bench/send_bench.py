@@ -197,7 +197,7 @@ def cpu_by_group(groups: dict[str, set[int]], database: str) -> dict[str, float]
 def start_workers(count: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     return [
         subprocess.Popen(
-            [sys.executable, "manage.py", "send_worker", "--batch-size", "100"],
+            [sys.executable, "manage.py", "send_worker", "--batch-size", "100", "--threads", os.environ.get("BENCH_THREADS", "2")],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,

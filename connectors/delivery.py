@@ -28,10 +28,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, F, Value, When
-from django.db.models.functions import Cast
+from django.db.models import F
 from django.utils import timezone
 
+from . import outbox_sql
 from .models import Connector, Delivery, DeliveryAttempt, DeliverySource, DeliveryStatus
 from .rendering import RenderedMessage, RenderError, choose_template, render_message
 from .secrets import DecryptionError, decrypt_secrets
@@ -176,24 +176,9 @@ def claim_batch(worker: str, policy: RetryPolicy, limit: int) -> tuple[list[Deli
     """Take the lease on up to `limit` due deliveries, oldest first; return them and the token."""
     now = timezone.now()
     token = f"{worker}:{uuid.uuid4().hex[:8]}"[-64:]
-    with transaction.atomic():
-        # SKIP LOCKED lets workers on PostgreSQL claim side by side; SQLite has one writer at a
-        # time (IMMEDIATE transactions), which serialises claims just as well.
-        due = (
-            Delivery.objects.due(now)
-            .order_by("next_attempt_at")
-            .select_for_update(skip_locked=True)
-            .values_list("pk", flat=True)[:limit]
-        )
-        ids = list(due)
-        if not ids:
-            return [], token
-        Delivery.objects.filter(pk__in=ids).update(
-            status=DeliveryStatus.SENDING,
-            lease_owner=token,
-            lease_expires_at=now + policy.lease,
-            attempts=F("attempts") + 1,
-        )
+    ids = outbox_sql.claim_due(token, now, now + policy.lease, limit)
+    if not ids:
+        return [], token
     claimed = list(
         Delivery.objects.select_related("connector")
         .filter(pk__in=ids, lease_owner=token)
@@ -416,51 +401,28 @@ class LeaseLost(Exception):
 
 def write_attempts(outcomes: list[AttemptOutcome], worker: str) -> None:
     """Add an attempt to the log of each delivery."""
-    DeliveryAttempt.objects.bulk_create(
-        DeliveryAttempt(
-            delivery=o.delivery,
-            number=o.delivery.attempts,
-            started_at=o.started,
-            elapsed_ms=o.elapsed_ms,
-            outcome=o.outcome,
-            error=o.delivery.error,
-            hint=o.delivery.hint,
-            code=o.delivery.error_code,
-            server_reply=o.delivery.server_reply[:2000],
-            worker=worker[:64],
-        )
-        for o in outcomes
+    outbox_sql.insert_rows(
+        [
+            DeliveryAttempt(
+                delivery=o.delivery,
+                number=o.delivery.attempts,
+                started_at=o.started,
+                elapsed_ms=o.elapsed_ms,
+                outcome=o.outcome,
+                error=o.delivery.error,
+                hint=o.delivery.hint,
+                code=o.delivery.error_code,
+                server_reply=o.delivery.server_reply[:2000],
+                worker=worker[:64],
+            )
+            for o in outcomes
+        ]
     )
 
 
 def write_outcomes(deliveries: list[Delivery], token: str) -> int:
-    """Store the outcome fields of deliveries whose lease is ours in one UPDATE; return how many.
-
-    Values shared by every row (the status, the cleared lease, the finish time of a batch of
-    sends) are set as they are; the rest (message ids, server replies) by a CASE on the key.
-    """
-    if not deliveries:
-        return 0
-    updates: dict[str, Any] = {}
-    for name in OUTCOME_FIELDS:
-        values = [getattr(d, name) for d in deliveries]
-        if all(value == values[0] for value in values):
-            updates[name] = values[0]
-        else:
-            field = Delivery._meta.get_field(name)
-            case = Case(
-                *(
-                    When(pk=d.pk, then=Value(v, output_field=field))
-                    for d, v in zip(deliveries, values, strict=True)
-                ),
-                output_field=field,
-            )
-            # As bulk_update() does: PostgreSQL cannot always infer the type of a CASE.
-            casted = connection.features.requires_casted_case_in_updates
-            updates[name] = Cast(case, output_field=field) if casted else case
-    return Delivery.objects.filter(pk__in=[d.pk for d in deliveries], lease_owner=token).update(
-        **updates
-    )
+    """Store the outcome fields of deliveries whose lease is ours in one UPDATE; return how many."""
+    return outbox_sql.update_fenced(deliveries, OUTCOME_FIELDS, token)
 
 
 OUTCOME_FIELDS = [

@@ -242,6 +242,28 @@ def test_outcomes_of_a_batch_are_recorded_with_their_own_replies(worker_mode, sm
     assert {row[3] for row in stored} == {DeliveryStatus.SENT}
 
 
+def test_mixed_outcomes_of_a_batch_are_recorded_each_as_its_own(worker_mode, smtp):
+    connector_for(smtp)
+    for i in range(3):
+        send_message(f"user{i}@example.test", "SignIn", {"code": "1"})
+    smtp.fail_next("RCPT", 450, "4.2.1 Mailbox busy")
+    smtp.fail_next("RCPT", 550, "5.1.1 No such user")
+    policy = RetryPolicy.from_settings()
+    batch, token = claim_batch("w1", policy, 10)
+    record([run_attempt(d, policy) for d in batch], token, "w1", policy)
+
+    busy, unknown, fine = (Delivery.objects.get(pk=d.pk) for d in batch)
+    assert (busy.status, busy.error_code, busy.finished_at) == (DeliveryStatus.QUEUED, 450, None)
+    assert busy.next_attempt_at > timezone.now() and busy.sealed != ""
+    assert (unknown.status, unknown.error_code) == (DeliveryStatus.FAILED, 550)
+    assert unknown.next_attempt_at is None and unknown.finished_at is not None
+    assert "No such user" in unknown.server_reply and unknown.sealed == ""
+    assert (fine.status, fine.error_code, fine.error) == (DeliveryStatus.SENT, None, "")
+    assert fine.message_id and fine.sent_at is not None and fine.lease_owner == ""
+    attempts = dict(DeliveryAttempt.objects.values_list("delivery_id", "code"))
+    assert attempts == {busy.pk: 450, unknown.pk: 550, fine.pk: None}
+
+
 def test_idempotency_key_returns_the_first_delivery(worker_mode, smtp):
     connector_for(smtp)
     first = send_message("ada@example.test", "SignIn", {"code": "1"}, idempotency_key="k-1")

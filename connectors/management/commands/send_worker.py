@@ -7,7 +7,7 @@ from argparse import ArgumentParser
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from connectors.outbox import SendWorker
 
@@ -31,7 +31,14 @@ class Command(BaseCommand):
             type=int,
             default=10,
             help="record outcomes at least every N messages (default 10); a "
-            "worker killed mid-batch may resend at most this many",
+            "worker killed mid-batch may resend at most this many per thread",
+        )
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=2,
+            help="sending threads, each with its own database and SMTP connections (default 2): "
+            "while one waits for a server, another sends",
         )
         parser.add_argument(
             "--exit-when-idle",
@@ -47,17 +54,24 @@ class Command(BaseCommand):
         batch_size: int,
         interval: float,
         flush_every: int,
+        threads: int,
         exit_when_idle: float | None,
         **options: Any,
     ) -> None:
+        if threads < 1 or batch_size < 1 or flush_every < 1:
+            raise CommandError("--threads, --batch-size and --flush-every must be at least 1")
         worker = SendWorker(
             batch_size=batch_size,
             interval=interval,
             flush_every=flush_every,
+            threads=threads,
             recover_every=settings.CONNECTORS_RECOVER_EVERY,
         )
         signal.signal(signal.SIGTERM, worker.stop)
         signal.signal(signal.SIGINT, worker.stop)
-        self.stdout.write(f"send_worker started (batch {batch_size}, poll every {interval}s)")
+        self.stdout.write(
+            f"send_worker started ({threads} thread{'s' if threads > 1 else ''}, "
+            f"batch {batch_size}, poll every {interval}s)"
+        )
         worker.run(max_idle=exit_when_idle)
         self.stdout.write(f"send_worker stopped after {worker.sent} attempts")
