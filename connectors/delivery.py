@@ -470,12 +470,23 @@ def apply_outcome(d: Delivery, o: AttemptOutcome, policy: RetryPolicy, now: Any)
 # Scheduling through Django's task framework.
 
 
+def queued_in_rows() -> bool:
+    """Tell whether the task backend is the outbox, whose queue is the Delivery table itself."""
+    from django.tasks import task_backends
+
+    from .outbox import OutboxBackend
+
+    return isinstance(task_backends["default"], OutboxBackend)
+
+
 def schedule(delivery_id: Any, when: Any = None) -> None:
     """Ask the task backend to process the delivery now, or at `when`."""
     from django.tasks import default_task_backend
 
     from .tasks import deliver
 
+    if queued_in_rows():
+        return  # the row is the task: its status and next_attempt_at say when it is due
     if when is not None and when > timezone.now():
         if default_task_backend.supports_defer:
             deliver.using(run_after=when).enqueue(str(delivery_id))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings as conf
@@ -34,8 +35,9 @@ class MissingSecretError(ValueError):
         )
 
 
-# Database alias -> the INSERT statement of Delivery.insert().
-_insert_statements: dict[str, str] = {}
+# (database alias, conditional) -> the INSERT statement of Delivery.insert().
+_insert_statements: dict[tuple[str, bool], str] = {}
+TEXT_FIELDS = frozenset({"CharField", "TextField"})
 
 # Connector pk -> ((pk, updated_at), templates): every template change touches updated_at.
 _template_cache: dict[int, tuple[tuple[int, Any], list[dict[str, Any]]]] = {}
@@ -432,12 +434,14 @@ class Delivery(models.Model):
     def __str__(self) -> str:
         return f"{self.usage_type} to {self.to} ({self.status})"
 
-    def insert(self) -> None:
+    def insert(self, *, only_if: str = "", params: Sequence[Any] = ()) -> bool:
         """Store this new delivery with one INSERT, as save(force_insert=True) would.
 
         The statement is built once per database rather than on every message, which is most
-        of what save() costs on the accept path. While anything listens to Delivery's save
-        signals, or a field needs SQL of its own, this is save(force_insert=True) itself.
+        of what save() costs on the accept path. With `only_if` (SQL with `params`), the row is
+        stored only if that condition holds, in the same statement; return whether it was.
+        While anything listens to Delivery's save signals, or a field needs SQL of its own,
+        this is save(force_insert=True) itself, and a conditional insert stores nothing.
         """
         using = router.db_for_write(Delivery, instance=self)
         fields = Delivery._meta.local_concrete_fields
@@ -446,22 +450,43 @@ class Delivery(models.Model):
             or post_save.has_listeners(Delivery)
             or any(hasattr(f, "get_placeholder_sql") for f in fields)
         ):
+            if only_if:
+                return False
             self.save(force_insert=True, using=using)
-            return
+            return True
         conn = connections[using]
-        sql = _insert_statements.get(using)
+        key = (using, bool(only_if))
+        sql = _insert_statements.get(key)
         if sql is None:
             table = conn.ops.quote_name(Delivery._meta.db_table)
             columns = ", ".join(conn.ops.quote_name(f.column) for f in fields)
-            sql = _insert_statements[using] = (
-                f"INSERT INTO {table} ({columns}) "  # noqa: S608 (our table's names only)
-                f"VALUES ({', '.join(['%s'] * len(fields))})"
-            )
-        params = [f.get_db_prep_save(f.pre_save(self, True), conn) for f in fields]
+            if only_if:
+                # INSERT … SELECT: PostgreSQL reads the values as text unless told their types.
+                # Character columns take text as it is, and keep their length check.
+                values = ", ".join(
+                    "%s"
+                    if conn.vendor != "postgresql" or f.get_internal_type() in TEXT_FIELDS
+                    else f"CAST(%s AS {f.cast_db_type(conn)})"
+                    for f in fields
+                )
+                sql = f"INSERT INTO {table} ({columns}) SELECT {values} WHERE "
+            else:
+                sql = (
+                    f"INSERT INTO {table} ({columns}) "  # noqa: S608 (our table's names only)
+                    f"VALUES ({', '.join(['%s'] * len(fields))})"
+                )
+            _insert_statements[key] = sql
+        values = [f.get_db_prep_save(f.pre_save(self, True), conn) for f in fields]
         with transaction.mark_for_rollback_on_error(using), conn.cursor() as cursor:
-            cursor.execute(sql, params)
+            if only_if:
+                cursor.execute(sql + only_if, [*values, *params])
+                if cursor.rowcount != 1:
+                    return False
+            else:
+                cursor.execute(sql, values)
         self._state.adding = False
         self._state.db = using
+        return True
 
     @property
     def is_final(self) -> bool:

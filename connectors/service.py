@@ -16,7 +16,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from .delivery import AttemptOutcome
+from .delivery import AttemptOutcome, queued_in_rows
 from .models import Connector, Delivery, DeliverySource, DeliveryStatus, UsageType
 from .rendering import RenderedMessage, TemplateNotFound, choose_template
 from .secrets import encrypt_secrets
@@ -77,6 +77,16 @@ def send_message(
         locale = clean_locale(payload.get("locale"), "payload.locale")
     ip = clean_ip(ip)
     idempotency_key = clean_idempotency_key(idempotency_key)
+    fields = {
+        "source": source,
+        "source_detail": source_detail,
+        "ip": ip,
+        "api_token": api_token,
+    }
+    if idempotency_key is None:
+        accepted = accept_if_unchanged(connector, to, usage_type, locale, payload, **fields)
+        if accepted is not None:
+            return accepted
     target, recent = connector_and_recent_count(connector, to)
     templates = target.template_configs()
     if target.kind == "smtp" or templates:
@@ -92,12 +102,59 @@ def send_message(
         locale,
         payload,
         {"payload": payload},
-        source=source,
-        source_detail=source_detail,
-        ip=ip,
         idempotency_key=idempotency_key,
-        api_token=api_token,
+        **fields,
     )
+
+
+def accept_if_unchanged(
+    slug: str | None,
+    to: str,
+    usage_type: str,
+    locale: str,
+    payload: dict[str, Any],
+    **fields: Any,
+) -> Delivery | None:
+    """Store the delivery in one statement, if this process knows its connector; else None.
+
+    The INSERT itself makes the checks that send_message() otherwise makes with a query of its
+    own: the connector is still the one the slug (or the default) names, enabled, unchanged
+    since this process loaded it, and the recipient is under the rate limit. When any of them
+    fails, nothing is stored, and the caller takes the long way, which says what is wrong.
+    """
+    cached = _connectors.get(_connector_ids.get(slug, 0))
+    if cached is None:
+        return None
+    (version, enabled), target = cached
+    if not enabled:
+        return None
+    templates = target.template_configs()
+    if target.kind == "smtp" or templates:
+        try:
+            choose_template(templates, usage_type, locale)
+        except TemplateNotFound:
+            return None
+    table = connection.ops.quote_name(Connector._meta.db_table)
+    condition = (
+        f"EXISTS (SELECT 1 FROM {table} WHERE id = %s AND updated_at = %s AND enabled = %s "  # noqa: S608
+        f"AND {'slug = %s' if slug else 'is_default = %s'})"
+    )
+    params: list[Any] = [
+        target.pk,
+        connection.ops.adapt_datetimefield_value(version),
+        True,
+        slug or True,
+    ]
+    limit, _ = getattr(settings, "CONNECTORS_RECIPIENT_RATE_LIMIT", (10, 600))
+    if limit:
+        count, count_params = recent_count_sql(to)
+        condition += f" AND {count} < %s"
+        params += [*count_params, limit]
+    delivery = new_delivery(target, to, usage_type, locale, payload, {"payload": payload}, **fields)
+    if not delivery.insert(only_if=condition, params=params):
+        return None
+    after_commit(delivery)
+    return delivery
 
 
 def queue_rendered(
@@ -200,28 +257,26 @@ def create_delivery(
     api_token: Any = None,
 ) -> Delivery:
     """Store the delivery, schedule it once committed, and return it."""
-    key = (idempotency_key or "")[:200]
-    delivery = Delivery(
-        connector=target,
-        connector_slug=target.slug if target else connector_slug,
-        to=to,
-        usage_type=usage_type,
-        locale=locale or "",
-        payload=redact(payload),
-        sealed=encrypt_secrets(sealed),
+    delivery = new_delivery(
+        target,
+        to,
+        usage_type,
+        locale,
+        payload,
+        sealed,
         source=source,
-        source_detail=source_detail[:200],
-        ip=ip or None,
-        idempotency_key=key,
-        next_attempt_at=timezone.now(),
-        # A token row, or just its id (the HTTP API has no need to load the row).
-        api_token_id=getattr(api_token, "pk", api_token),
+        source_detail=source_detail,
+        ip=ip,
+        idempotency_key=idempotency_key,
+        connector_slug=connector_slug,
+        api_token=api_token,
     )
+    key = delivery.idempotency_key
     if not key or target is None:
         # One INSERT, committed on its own unless the caller holds a transaction open.
         delivery.insert()
         if schedule:
-            transaction.on_commit(lambda: enqueue(delivery))
+            after_commit(delivery)
         return delivery
     with transaction.atomic():
         existing = idempotent_match(target, key)
@@ -237,8 +292,51 @@ def create_delivery(
                 raise
             return existing
         if schedule:
-            transaction.on_commit(lambda: enqueue(delivery))
+            after_commit(delivery)
     return delivery
+
+
+def new_delivery(
+    target: Connector | None,
+    to: str,
+    usage_type: str,
+    locale: str,
+    payload: dict[str, Any],
+    sealed: dict[str, Any],
+    *,
+    source: str,
+    source_detail: str = "",
+    ip: str | None = None,
+    idempotency_key: str | None = None,
+    connector_slug: str = "",
+    api_token: Any = None,
+) -> Delivery:
+    """Return a new, unsaved delivery: queued, due now, its one-time values sealed."""
+    return Delivery(
+        connector=target,
+        connector_slug=target.slug if target else connector_slug,
+        to=to,
+        usage_type=usage_type,
+        locale=locale or "",
+        payload=redact(payload),
+        sealed=encrypt_secrets(sealed),
+        source=source,
+        source_detail=source_detail[:200],
+        ip=ip or None,
+        idempotency_key=(idempotency_key or "")[:200],
+        next_attempt_at=timezone.now(),
+        # A token row, or just its id (the HTTP API has no need to load the row).
+        api_token_id=getattr(api_token, "pk", api_token),
+    )
+
+
+def after_commit(delivery: Delivery) -> None:
+    """Hand the delivery to the task backend once the transaction commits.
+
+    The outbox backend needs nothing: the committed row is its task, due at next_attempt_at.
+    """
+    if not queued_in_rows():
+        transaction.on_commit(lambda: enqueue(delivery))
 
 
 def enqueue(delivery: Delivery) -> None:
@@ -373,6 +471,7 @@ def pick_connector(slug: str | None, *, allow_disabled: bool = False) -> Connect
 # recipient's recent messages, so a change anywhere is seen at once; what the cache spares is
 # loading and decoding the whole row, and building the query, on every message.
 _connectors: dict[int, tuple[tuple[Any, Any], Connector]] = {}
+_connector_ids: dict[str | None, int] = {}  # slug (None: the default) -> pk, as last looked up
 MAX_CACHED_CONNECTORS = 100
 
 
@@ -384,25 +483,11 @@ def connector_and_recent_count(
     One query does both. The count stops at the limit, which is all the check needs, and is 0
     when there is no recipient or no limit.
     """
-    limit, window = getattr(settings, "CONNECTORS_RECIPIENT_RATE_LIMIT", (10, 600))
+    limit, _ = getattr(settings, "CONNECTORS_RECIPIENT_RATE_LIMIT", (10, 600))
     table = connection.ops.quote_name(Connector._meta.db_table)
-    deliveries = connection.ops.quote_name(Delivery._meta.db_table)
-    to_column = connection.ops.quote_name("to")
     params: list[Any] = []
     if recipient is not None and limit:
-        since = timezone.now() - timedelta(seconds=window)
-        # The same expression as the delivery_recipient index, so the count is an index scan.
-        count = (
-            f"(SELECT COUNT(*) FROM (SELECT 1 FROM {deliveries} "  # noqa: S608 (our tables' names)
-            f"WHERE LOWER({deliveries}.{to_column}) = %s AND {deliveries}.created_at >= %s "
-            f"AND {deliveries}.source <> %s LIMIT %s) recent)"
-        )
-        params += [
-            recipient.lower(),
-            connection.ops.adapt_datetimefield_value(since),
-            DeliverySource.TEST,
-            limit,
-        ]
+        count, params = recent_count_sql(recipient)
     else:
         count = "0"
     if slug:
@@ -423,6 +508,7 @@ def connector_and_recent_count(
         message = f"No connector with slug {slug!r}." if slug else "No connector is configured yet."
         raise SendError("unknown_connector", message, path="connector")
     pk, version, recent = row[0], (row[1], row[2]), int(row[3])
+    _connector_ids[slug] = pk
     cached = _connectors.get(pk)
     if cached is not None and cached[0] == version:
         found = cached[1]
@@ -430,12 +516,33 @@ def connector_and_recent_count(
         found = Connector.objects.get(pk=pk)
         if len(_connectors) >= MAX_CACHED_CONNECTORS:
             _connectors.clear()
+            _connector_ids.clear()
         _connectors[pk] = (version, found)
     if not found.enabled and not allow_disabled:
         raise SendError(
             "connector_disabled", f"Connector {found.slug!r} is disabled.", path="connector"
         )
     return found, recent
+
+
+def recent_count_sql(recipient: str) -> tuple[str, list[Any]]:
+    """Return SQL that counts the recipient's messages in the window (up to the limit)."""
+    limit, window = getattr(settings, "CONNECTORS_RECIPIENT_RATE_LIMIT", (10, 600))
+    deliveries = connection.ops.quote_name(Delivery._meta.db_table)
+    to_column = connection.ops.quote_name("to")
+    since = timezone.now() - timedelta(seconds=window)
+    # The same expression as the delivery_recipient index, so the count is an index scan.
+    sql = (
+        f"(SELECT COUNT(*) FROM (SELECT 1 FROM {deliveries} "  # noqa: S608 (our tables' names)
+        f"WHERE LOWER({deliveries}.{to_column}) = %s AND {deliveries}.created_at >= %s "
+        f"AND {deliveries}.source <> %s LIMIT %s) recent)"
+    )
+    return sql, [
+        recipient.lower(),
+        connection.ops.adapt_datetimefield_value(since),
+        DeliverySource.TEST,
+        limit,
+    ]
 
 
 def check_rate_limit(to: str, recent: int | None = None) -> None:

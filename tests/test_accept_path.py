@@ -60,7 +60,10 @@ def test_the_recipient_limit_counts_across_letter_case(connector: Connector, set
     assert refused.value.code == "rate_limited" and refused.value.retry_after
 
 
-def test_insert_stores_what_save_would(connector: Connector) -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["first message", "known connector"])
+def test_insert_stores_what_save_would(connector: Connector, warm: bool) -> None:
+    if warm:
+        send_message("grace@example.test", "SignIn")  # this process now knows the connector
     inserted = send_message(
         "ada@example.test", "SignIn", {"code": "1", "user": {"name": "Ada"}}, ip="203.0.113.7"
     )
@@ -68,6 +71,25 @@ def test_insert_stores_what_save_would(connector: Connector) -> None:
     for field in Delivery._meta.concrete_fields:
         assert getattr(stored, field.attname) == getattr(inserted, field.attname), field.name
     assert not inserted._state.adding
+
+
+def test_a_message_through_a_known_connector_is_one_statement(
+    connector: Connector, django_assert_num_queries: Any
+) -> None:
+    send_message("ada@example.test", "SignIn", connector="main")
+    send_message("ada@example.test", "SignIn")  # the default: "main" too
+    with django_assert_num_queries(1):
+        send_message("grace@example.test", "SignIn", {"code": "2"}, connector="main")
+    with django_assert_num_queries(1):
+        send_message("grace@example.test", "SignIn", {"code": "3"})
+
+
+def test_a_renamed_connector_is_not_found_under_its_old_slug(connector: Connector) -> None:
+    send_message("ada@example.test", "SignIn", connector="main")
+    Connector.objects.filter(pk=connector.pk).update(slug="renamed")
+    with pytest.raises(SendError) as refused:
+        send_message("ada@example.test", "SignIn", connector="main")
+    assert refused.value.code == "unknown_connector"
 
 
 def test_insert_is_a_save_while_a_save_signal_has_a_receiver(connector: Connector) -> None:
