@@ -1,12 +1,15 @@
 """Benchmark the send service: throughput and latency from send_message() to an SMTP sink.
 
-    .venv/bin/python bench/send_bench.py [--messages 3000] [--database-url postgres://...]
+    .venv/bin/python bench/send_bench.py [--messages 3000] [--threads 2]
+        [--database-url postgres://...]
 
 Prints, from one run on one machine, so that the ratios hold however busy it is:
   - baseline A: raw smtplib over one persistent connection (the ceiling for Python);
   - baseline B: Django's send_mail with a new SMTP connection per message;
   - ours: send_message() -> Delivery row -> send_worker(s) -> sink, with one and with two
-    workers, every message logged (Delivery + DeliveryAttempt rows);
+    workers (each with --threads sending threads), every message logged (Delivery +
+    DeliveryAttempt rows), each compared with baseline A measured again right before and
+    after it;
   - latency: accept (send_message returned) to delivered (the sink has it), at 50 messages/s.
 The sink is aiosmtpd in a process of its own. The database is a fresh PostgreSQL database
 (`connector_bench`), dropped afterwards.
@@ -104,6 +107,16 @@ def baseline_persistent_smtplib(port: int, n: int) -> float:
     return n / elapsed
 
 
+def ceiling(sink: SinkProcess, n: int) -> tuple[float, float, float]:
+    """Return baseline A's messages/s and its CPU ms per message: smtplib's, the sink's."""
+    sink_cpu = cpu_by_group({"sink": {sink.process.pid}}, "-")["sink"]
+    own_cpu = time.process_time()
+    rate = baseline_persistent_smtplib(sink.port, n)
+    own_cpu = (time.process_time() - own_cpu) / n * 1000
+    sink_cpu = (cpu_by_group({"sink": {sink.process.pid}}, "-")["sink"] - sink_cpu) / n * 1000
+    return rate, own_cpu, sink_cpu
+
+
 def baseline_django_send_mail(port: int, n: int) -> float:
     """Return messages per second with Django's SMTP backend, a new connection each time."""
     from django.core.mail import send_mail
@@ -195,9 +208,18 @@ def cpu_by_group(groups: dict[str, set[int]], database: str) -> dict[str, float]
 
 
 def start_workers(count: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    threads = env["BENCH_THREADS"]
     return [
-        subprocess.Popen(
-            [sys.executable, "manage.py", "send_worker", "--batch-size", "100", "--threads", os.environ.get("BENCH_THREADS", "2")],
+        subprocess.Popen(  # noqa: S603 (this interpreter, our manage.py)
+            [
+                sys.executable,
+                "manage.py",
+                "send_worker",
+                "--batch-size",
+                "100",
+                "--threads",
+                threads,
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -297,6 +319,7 @@ def run_latency(sink: SinkProcess, rate: float, seconds: float, env: dict[str, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--threads", type=int, default=2, help="send_worker --threads")
     parser.add_argument(
         "--database-url", default="postgres://postgres@127.0.0.1:5432/connector_bench"
     )
@@ -312,6 +335,7 @@ def main() -> None:
         "CONNECTORS_RECIPIENT_RATE_LIMIT": "0",
         "DEBUG": "false",
         "LOG_LEVEL": "WARNING",
+        "BENCH_THREADS": str(args.threads),
     }
     os.environ.update(env)
     os.environ["DJANGO_SETTINGS_MODULE"] = "console.settings"
@@ -328,30 +352,48 @@ def main() -> None:
 
         print(
             f"messages per run: {n}; CPU cores: {os.cpu_count()}; database: PostgreSQL; "
-            f"load average at start: {os.getloadavg()[0]:.1f}"
+            f"send_worker threads: {args.threads}; load average at start: "
+            f"{os.getloadavg()[0]:.1f}"
         )
-        sink_cpu = cpu_by_group({"sink": {sink.process.pid}}, "-")["sink"]
-        own_cpu = time.process_time()
-        raw = baseline_persistent_smtplib(sink.port, n)
-        own_cpu = (time.process_time() - own_cpu) / n * 1000
-        sink_cpu = (cpu_by_group({"sink": {sink.process.pid}}, "-")["sink"] - sink_cpu) / n * 1000
+        raw, own_cpu, sink_cpu = ceiling(sink, n)
         print(f"baseline A  smtplib, one persistent connection : {raw:8.0f} msg/s  (1.00x)")
         print(f"    CPU ms per message: smtplib {own_cpu:.2f}, sink {sink_cpu:.2f}")
         dj = baseline_django_send_mail(sink.port, n // 3)
         print(
             f"baseline B  Django send_mail, new connection   : {dj:8.0f} msg/s  ({dj / raw:.2f}x)"
         )
-        for workers in (1, 2):
-            drain = run_drain(sink, n, workers, env, f"d{workers}-")
+        print(
+            "Each of ours below is compared with baseline A measured again right before and "
+            "right after it (their mean), so that a change in the machine's load between runs "
+            "does not skew the ratio."
+        )
+        ratios: list[float] = []
+
+        def report(label: str, rate: float, before: float, extra: str = "") -> None:
+            after = ceiling(sink, n // 2)[0]
+            mean = (before + after) / 2
+            ratios.append(rate / mean)
             print(
-                f"ours, {workers} worker{'s' if workers > 1 else ' '} draining a queued backlog     : "  # noqa: E501
-                f"{drain:8.0f} msg/s  ({drain / raw:.2f}x)"
+                f"ours, {label}: {rate:8.0f} msg/s  ({rate / mean:.2f}x of A = {before:.0f} "
+                f"before, {after:.0f} after){extra}"
+            )
+
+        for workers in (1, 2):
+            before = ceiling(sink, n // 2)[0]
+            drain = run_drain(sink, n, workers, env, f"d{workers}-")
+            report(
+                f"{workers} worker{'s' if workers > 1 else ' '} draining a queued backlog   ",
+                drain,
+                before,
             )
         for workers in (1, 2):
+            before = ceiling(sink, n // 2)[0]
             rate, accept, cpu = run_ours(sink, n, workers, env, f"w{workers}-")
-            print(
-                f"ours, {workers} worker{'s' if workers > 1 else ' '} send_message->sink, logged  : "  # noqa: E501
-                f"{rate:8.0f} msg/s  ({rate / raw:.2f}x)   [send_message accepted {accept:.0f}/s]"
+            report(
+                f"{workers} worker{'s' if workers > 1 else ' '} send_message->sink, logged",
+                rate,
+                before,
+                f"   [send_message accepted {accept:.0f}/s]",
             )
             total = sum(cpu.values())
             print(
