@@ -27,7 +27,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -331,60 +331,28 @@ def failure_outcome(delivery: Delivery, permanent: bool, policy: RetryPolicy) ->
     return DeliveryAttempt.Outcome.RETRY
 
 
-def relax_commit() -> None:
-    """Let this transaction's commit return before its WAL reaches disk (PostgreSQL only).
-
-    Waiting for the disk on every outcome costs more than the send itself. A worker that dies
-    loses nothing by this (PostgreSQL has the commit); only a crash of the database server
-    itself may forget the last fraction of a second of outcomes, and those deliveries are sent
-    again: at least once still holds. Accepting a message never does this.
-    """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-
-
 def record(outcomes: list[AttemptOutcome], token: str, worker: str, policy: RetryPolicy) -> None:
     """Write the attempts and the deliveries' new states, for those whose lease is still ours.
 
-    One transaction for the lot: a worker flushes its outcomes every few messages, which is
-    what lets it keep up with a fast server (see docs/decisions.md on the duplicate window).
+    One statement (PostgreSQL) or transaction (SQLite) for the lot: a worker flushes its
+    outcomes every few messages, which is what lets it keep up with a fast server (see
+    docs/decisions.md on the duplicate window).
     """
     if not outcomes:
         return
     now = timezone.now()
     for o in outcomes:
         apply_outcome(o.delivery, o, policy, now)
-    kept = outcomes
-    try:
-        with transaction.atomic():
-            relax_commit()
-            # Fenced: only the holder of the lease may record; a lapsed lease means another
-            # worker has the delivery now, and its record is the one that counts. Nearly
-            # always every lease is still ours, and one UPDATE records the lot.
-            if write_outcomes([o.delivery for o in outcomes], token) != len(outcomes):
-                raise LeaseLost
-            write_attempts(outcomes, worker)
-    except LeaseLost:
-        with transaction.atomic():
-            relax_commit()
-            # Lock the rows still ours (PostgreSQL; SQLite has one writer) and record those.
-            owned = set(
-                Delivery.objects.select_for_update()
-                .filter(pk__in=[o.delivery.pk for o in outcomes], lease_owner=token)
-                .values_list("pk", flat=True)
-            )
-            kept = [o for o in outcomes if o.delivery.pk in owned]
-            for o in outcomes:
-                if o.delivery.pk not in owned:
-                    logger.warning(
-                        "lost the lease on delivery %s before recording it", o.delivery.pk
-                    )
-            write_outcomes([o.delivery for o in kept], token)
-            write_attempts(kept, worker)
-    retries = [o.delivery for o in kept if o.outcome == DeliveryAttempt.Outcome.RETRY]
-    for d in retries:
-        schedule(d.pk, d.next_attempt_at)
+    owned = outbox_sql.record_outcomes(
+        [o.delivery for o in outcomes], OUTCOME_FIELDS, token, attempt_rows(outcomes, worker)
+    )
+    kept = [o for o in outcomes if o.delivery.pk in owned]
+    for o in outcomes:
+        if o.delivery.pk not in owned:
+            logger.warning("lost the lease on delivery %s before recording it", o.delivery.pk)
+    for o in kept:
+        if o.outcome == DeliveryAttempt.Outcome.RETRY:
+            schedule(o.delivery.pk, o.delivery.next_attempt_at)
     for o in outcomes:
         logger.info(
             "delivery %s: attempt %s %s%s",
@@ -395,34 +363,23 @@ def record(outcomes: list[AttemptOutcome], token: str, worker: str, policy: Retr
         )
 
 
-class LeaseLost(Exception):
-    """Some delivery of a batch is no longer this worker's to record."""
-
-
-def write_attempts(outcomes: list[AttemptOutcome], worker: str) -> None:
-    """Add an attempt to the log of each delivery."""
-    outbox_sql.insert_rows(
-        [
-            DeliveryAttempt(
-                delivery=o.delivery,
-                number=o.delivery.attempts,
-                started_at=o.started,
-                elapsed_ms=o.elapsed_ms,
-                outcome=o.outcome,
-                error=o.delivery.error,
-                hint=o.delivery.hint,
-                code=o.delivery.error_code,
-                server_reply=o.delivery.server_reply[:2000],
-                worker=worker[:64],
-            )
-            for o in outcomes
-        ]
-    )
-
-
-def write_outcomes(deliveries: list[Delivery], token: str) -> int:
-    """Store the outcome fields of deliveries whose lease is ours in one UPDATE; return how many."""
-    return outbox_sql.update_fenced(deliveries, OUTCOME_FIELDS, token)
+def attempt_rows(outcomes: list[AttemptOutcome], worker: str) -> list[DeliveryAttempt]:
+    """Return the log entry of each attempt."""
+    return [
+        DeliveryAttempt(
+            delivery=o.delivery,
+            number=o.delivery.attempts,
+            started_at=o.started,
+            elapsed_ms=o.elapsed_ms,
+            outcome=o.outcome,
+            error=o.delivery.error,
+            hint=o.delivery.hint,
+            code=o.delivery.error_code,
+            server_reply=o.delivery.server_reply[:2000],
+            worker=worker[:64],
+        )
+        for o in outcomes
+    ]
 
 
 OUTCOME_FIELDS = [

@@ -39,6 +39,22 @@ class MissingSecretError(ValueError):
 _insert_statements: dict[tuple[str, bool], str] = {}
 TEXT_FIELDS = frozenset({"CharField", "TextField"})
 
+
+def placeholders(fields: Sequence[models.Field[Any, Any]], conn: Any, *, cast: bool) -> str:
+    """Return the `%s, %s, …` placeholders for a row of values of these fields.
+
+    With `cast`, on PostgreSQL, each non-text value is cast to its column's type: outside an
+    INSERT's own VALUES (INSERT … SELECT, a VALUES list in a query) it would be read as text.
+    Character columns take text as it is, and keep their length check.
+    """
+    return ", ".join(
+        "%s"
+        if not cast or conn.vendor != "postgresql" or f.get_internal_type() in TEXT_FIELDS
+        else f"CAST(%s AS {f.cast_db_type(conn)})"
+        for f in fields
+    )
+
+
 # Connector pk -> ((pk, updated_at), templates): every template change touches updated_at.
 _template_cache: dict[int, tuple[tuple[int, Any], list[dict[str, Any]]]] = {}
 
@@ -461,14 +477,7 @@ class Delivery(models.Model):
             table = conn.ops.quote_name(Delivery._meta.db_table)
             columns = ", ".join(conn.ops.quote_name(f.column) for f in fields)
             if only_if:
-                # INSERT … SELECT: PostgreSQL reads the values as text unless told their types.
-                # Character columns take text as it is, and keep their length check.
-                values = ", ".join(
-                    "%s"
-                    if conn.vendor != "postgresql" or f.get_internal_type() in TEXT_FIELDS
-                    else f"CAST(%s AS {f.cast_db_type(conn)})"
-                    for f in fields
-                )
+                values = placeholders(fields, conn, cast=True)
                 sql = f"INSERT INTO {table} ({columns}) SELECT {values} WHERE "
             else:
                 sql = (

@@ -11,14 +11,66 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.db.models import Field, Model
 
-from .models import Delivery, DeliverySource, DeliveryStatus
+from .models import Delivery, DeliveryAttempt, DeliverySource, DeliveryStatus, placeholders
 
 
 def _connection(model: type[Model]) -> Any:
     return connections[router.db_for_write(model)]
+
+
+def record_outcomes(
+    deliveries: Sequence[Delivery],
+    fields: Sequence[str],
+    token: str,
+    attempts: Sequence[DeliveryAttempt],
+) -> set[Any]:
+    """Store `fields` of the deliveries whose lease `token` holds, and their attempts.
+
+    Fenced: only the holder of a lease records; a lapsed lease means another worker has that
+    delivery now, and its record is the one that counts. Return the keys of those recorded.
+    """
+    if not deliveries:
+        return set()
+    conn = _connection(Delivery)
+    qn = conn.ops.quote_name
+    pk = qn(Delivery._meta.pk.column)
+    update, update_params = _fenced_update(conn, deliveries, fields, token)
+    if conn.vendor == "postgresql":
+        # One statement, so one round trip and no transaction to open and commit: the UPDATE,
+        # the attempts of the rows it updated, and a commit that does not wait for the disk
+        # (see docs/decisions.md: a crash of the database server itself may forget the last
+        # outcomes, and those deliveries are sent again; at least once holds).
+        values, value_params = _values(conn, attempts, cast=True)
+        columns = _columns(conn, DeliveryAttempt)
+        delivery_id = qn(DeliveryAttempt._meta.get_field("delivery").column)
+        sql = (
+            "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS off), "  # noqa: S608
+            f"updated AS ({update} RETURNING {pk}), "
+            f"logged AS (INSERT INTO {qn(DeliveryAttempt._meta.db_table)} ({columns}) "
+            f"SELECT {columns} FROM (VALUES {values}) AS v ({columns}) "
+            f"WHERE v.{delivery_id} IN (SELECT {pk} FROM updated)) "
+            f"SELECT updated.{pk} FROM updated, relaxed"
+        )
+        with conn.cursor() as cursor:
+            cursor.execute(sql, [*update_params, *value_params])
+            return {row[0] for row in cursor.fetchall()}
+    # SQLite: transactions are IMMEDIATE (console/settings.py), so nobody writes between the
+    # look at the leases and the writes.
+    with transaction.atomic(using=conn.alias), conn.cursor() as cursor:
+        keys = [Delivery._meta.pk.get_db_prep_value(d.pk, conn) for d in deliveries]
+        cursor.execute(
+            f"SELECT {pk} FROM {qn(Delivery._meta.db_table)} "  # noqa: S608
+            f"WHERE {pk} IN ({', '.join(['%s'] * len(keys))}) AND {qn('lease_owner')} = %s",
+            [*keys, token],
+        )
+        owned = {Delivery._meta.pk.to_python(row[0]) for row in cursor.fetchall()}
+        if owned:
+            cursor.execute(update, update_params)
+            insert_rows([a for a in attempts if a.delivery_id in owned])
+    return owned
 
 
 def insert_rows(objects: Sequence[Model]) -> None:
@@ -27,26 +79,42 @@ def insert_rows(objects: Sequence[Model]) -> None:
         return
     model = type(objects[0])
     conn = _connection(model)
-    qn = conn.ops.quote_name
-    fields = [f for f in model._meta.local_concrete_fields if not f.primary_key]
-    row = f"({', '.join(['%s'] * len(fields))})"
+    values, params = _values(conn, objects, cast=False)
     sql = (
-        f"INSERT INTO {qn(model._meta.db_table)} "  # noqa: S608 (our table's names only)
-        f"({', '.join(qn(f.column) for f in fields)}) VALUES {', '.join([row] * len(objects))}"
+        f"INSERT INTO {conn.ops.quote_name(model._meta.db_table)} "  # noqa: S608 (our names)
+        f"({_columns(conn, model)}) VALUES {values}"
     )
-    params = [f.get_db_prep_save(f.pre_save(obj, True), conn) for obj in objects for f in fields]
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
 
 
-def update_fenced(deliveries: Sequence[Delivery], fields: Sequence[str], token: str) -> int:
-    """Store `fields` of the deliveries whose lease `token` holds, in one UPDATE; return how many.
+def _fields(model: type[Model]) -> list[Field[Any, Any]]:
+    return [f for f in model._meta.local_concrete_fields if not f.primary_key]
+
+
+def _columns(conn: Any, model: type[Model]) -> str:
+    return ", ".join(conn.ops.quote_name(f.column) for f in _fields(model))
+
+
+def _values(conn: Any, objects: Sequence[Model], *, cast: bool) -> tuple[str, list[Any]]:
+    """Return `(…), (…)` rows of placeholders for the objects, and their prepared values.
+
+    With `cast`, each non-text value is cast to its column's type: outside an INSERT's own
+    VALUES, PostgreSQL would read the values as text.
+    """
+    fields = _fields(type(objects[0]))
+    row = f"({placeholders(fields, conn, cast=cast)})"
+    params = [f.get_db_prep_save(f.pre_save(obj, True), conn) for obj in objects for f in fields]
+    return ", ".join([row] * len(objects)), params
+
+
+def _fenced_update(
+    conn: Any, deliveries: Sequence[Delivery], fields: Sequence[str], token: str
+) -> tuple[str, list[Any]]:
+    """Return an UPDATE of `fields` for the deliveries whose lease `token` holds, and its values.
 
     A value shared by every row is set as it is; the others by a CASE on the key.
     """
-    if not deliveries:
-        return 0
-    conn = _connection(Delivery)
     qn = conn.ops.quote_name
     pk: Field[Any, Any] = Delivery._meta.pk  # type: ignore[assignment]
     ids = [pk.get_db_prep_value(d.pk, conn) for d in deliveries]
@@ -71,9 +139,7 @@ def update_fenced(deliveries: Sequence[Delivery], fields: Sequence[str], token: 
         f"UPDATE {qn(Delivery._meta.db_table)} SET {', '.join(assignments)} "  # noqa: S608
         f"WHERE {qn(pk.column)} IN ({', '.join(['%s'] * len(ids))}) AND {qn('lease_owner')} = %s"
     )
-    with conn.cursor() as cursor:
-        cursor.execute(sql, [*params, *ids, token])
-        return int(cursor.rowcount)
+    return sql, [*params, *ids, token]
 
 
 def claim_due(token: str, now: Any, lease_expires_at: Any, limit: int) -> list[Any]:
