@@ -100,6 +100,7 @@ class SendWorker:
         self.running = True
         self.sent = 0
         self._count = threading.Lock()
+        self._failure: BaseException | None = None
 
     def run(self, *, max_idle: float | None = None) -> None:
         """Work until stop() is called, or until idle for `max_idle` seconds."""
@@ -115,12 +116,19 @@ class SendWorker:
             self.running = False  # should this loop fail, the helpers stop too
             for helper in helpers:
                 helper.join()
+        if self._failure is not None:
+            # The whole worker stops, with an error, so that its supervisor starts it afresh
+            # rather than a worker going on short of a thread. What the failed thread held
+            # is picked up again when its lease lapses, as after any crash.
+            raise self._failure
 
     def _helper(self, max_idle: float | None) -> None:
         try:
             self._loop(max_idle, recovers=False)
-        except Exception:
-            logger.exception("a sending thread failed; the others go on")
+        except BaseException as exc:
+            logger.exception("a sending thread failed: the worker stops")
+            self._failure = exc
+            self.running = False
         finally:
             connection.close()
 

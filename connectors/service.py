@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import EmailValidator
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Value
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -534,11 +535,13 @@ def recent_count_sql(recipient: str) -> tuple[str, list[Any]]:
     # The same expression as the delivery_recipient index, so the count is an index scan.
     sql = (
         f"(SELECT COUNT(*) FROM (SELECT 1 FROM {deliveries} "  # noqa: S608 (our tables' names)
-        f"WHERE LOWER({deliveries}.{to_column}) = %s AND {deliveries}.created_at >= %s "
+        f"WHERE LOWER({deliveries}.{to_column}) = LOWER(%s) AND {deliveries}.created_at >= %s "
         f"AND {deliveries}.source <> %s LIMIT %s) recent)"
     )
+    # LOWER() on both sides: SQLite's folds ASCII letters only, and then an address with
+    # capital non-ASCII letters must still match itself.
     return sql, [
-        recipient.lower(),
+        recipient,
         connection.ops.adapt_datetimefield_value(since),
         DeliverySource.TEST,
         limit,
@@ -558,7 +561,7 @@ def check_rate_limit(to: str, recent: int | None = None) -> None:
     since = timezone.now() - timedelta(seconds=window)
     recent_deliveries = (
         Delivery.objects.alias(recipient=Lower("to"))
-        .filter(recipient=to.lower(), created_at__gte=since)
+        .filter(recipient=Lower(Value(to)), created_at__gte=since)
         .exclude(source=DeliverySource.TEST)
     )
     if recent is None:

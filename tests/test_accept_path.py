@@ -104,3 +104,18 @@ def test_insert_is_a_save_while_a_save_signal_has_a_receiver(connector: Connecto
     finally:
         post_save.disconnect(receiver, sender=Delivery)
     assert seen == [delivery]
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["first message", "known connector"])
+def test_the_recipient_limit_holds_for_capital_non_ascii_letters(
+    connector: Connector, settings: Any, warm: bool
+) -> None:
+    # SQLite's LOWER() folds ASCII letters only: the address must still match itself.
+    settings.CONNECTORS_RECIPIENT_RATE_LIMIT = (3, 600)
+    if warm:
+        send_message("someone@example.test", "SignIn")
+    for _ in range(3):
+        send_message("ada@ÄCME.test", "SignIn", {"code": "1"})
+    with pytest.raises(SendError) as refused:
+        send_message("ada@ÄCME.test", "SignIn", {"code": "1"})
+    assert refused.value.code == "rate_limited" and refused.value.retry_after < 600

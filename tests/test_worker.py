@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,12 +17,15 @@ import pytest
 from aiosmtpd.controller import Controller
 from django.db import connection
 
+from connectors import delivery as delivery_module
+from connectors import outbox as outbox_module
 from connectors.models import Delivery, DeliveryStatus
+from connectors.outbox import SendWorker
 from connectors.service import send_message
 
 from .conftest import REQUIRED, TEST_KEY, make_connector, templates
-from .servers import LOOPBACK
-from .test_delivery import use_task_backend
+from .servers import LOOPBACK, SmtpServer
+from .test_delivery import connector_for, use_task_backend
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,3 +151,59 @@ def test_worker_options_below_one_are_refused(option):
 
     with pytest.raises(CommandError, match="must be at least 1"):
         call_command("send_worker", option, "0")
+
+
+def test_sigterm_lets_both_threads_finish_their_batches(queued, sink):
+    handler, _ = sink
+    worker = start_worker("--threads", "2")
+    wait_for(lambda: len(handler.recipients) >= 3)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0, worker.stdout.read().decode()
+    statuses = set(Delivery.objects.values_list("status", flat=True))
+    assert DeliveryStatus.SENDING not in statuses, statuses
+
+
+@pytest.fixture
+def outbox(settings):
+    use_task_backend(settings, "connectors.outbox.OutboxBackend")
+    settings.CONNECTORS_RECIPIENT_RATE_LIMIT = (0, 600)
+    settings.CONNECTORS_RETRY_BASE_DELAY = 0.2
+    settings.CONNECTORS_RETRY_MAX_DELAY = 0.4
+    yield
+    delivery_module.close_transports()
+
+
+def test_a_transient_failure_is_retried_by_a_threaded_worker(outbox):
+    with SmtpServer() as smtp:
+        connector_for(smtp)
+        smtp.fail_next("RCPT", 451, "4.3.0 try later")
+        first = send_message("ada@example.test", "SignIn", {"code": "1"})
+        SendWorker(threads=2, interval=0.02).run(max_idle=1.5)
+        first.refresh_from_db()
+        assert first.status == DeliveryStatus.SENT, (first.status, first.error)
+        assert first.attempts == 2
+
+
+def test_a_sending_thread_that_fails_stops_the_worker(outbox, monkeypatch):
+    """An unexpected error in one thread stops the whole worker with that error, so that its
+    supervisor starts it afresh, rather than the worker going on a thread short. (The error is
+    injected: nothing real fails this way on demand.)"""
+    with SmtpServer() as smtp:
+        connector_for(smtp)
+        for i in range(6):
+            send_message(f"user{i}@example.test", "SignIn", {"code": str(i)})
+        real = outbox_module.run_attempt
+
+        def flaky(delivery, policy, config=None):
+            if threading.current_thread() is not threading.main_thread():
+                raise RuntimeError("boom in a sending thread")
+            time.sleep(0.3)  # let the other thread claim its share first
+            return real(delivery, policy, config)
+
+        monkeypatch.setattr(outbox_module, "run_attempt", flaky)
+        worker = SendWorker(threads=2, batch_size=3, interval=0.02)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="boom in a sending thread"):
+            worker.run(max_idle=30)
+        assert time.monotonic() - started < 10, "the main thread stopped too, not when idle"
+        assert worker.running is False
