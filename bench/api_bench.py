@@ -1,10 +1,13 @@
 """Benchmark the HTTP API under a production server: accepted requests/s, latency, worker drain.
 
     .venv/bin/python bench/api_bench.py [--seconds 20] [--connections 8] [--web-workers 3]
-        [--threads 1] [--queue db|outbox] [--senders 1] [--database-url postgres://...]
+        [--threads 1] [--server gunicorn[:3] granian[:2x2] ...] [--rounds 1]
+        [--queue db|outbox] [--senders 1] [--database-url postgres://...]
 
 One run on one machine, so that the ratios hold however busy it is:
-  - gunicorn serving console.wsgi (DEBUG off, PostgreSQL), as README's production notes say;
+  - a production server serving console.wsgi (DEBUG off, PostgreSQL): granian, as README's
+    production notes say, or gunicorn; with several `--server`s, each in turn (and the list
+    `--rounds` times) against the same database, senders and sink, then a line for each;
   - workers draining the queue to an SMTP sink on loopback (aiosmtpd, a process of its own):
     `manage.py db_worker` with TASKS_BACKEND=django_tasks_db.DatabaseBackend (`--queue db`), or
     `manage.py send_worker` with the outbox backend (`--queue outbox`);
@@ -257,12 +260,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=20, help="length of the POST load")
     parser.add_argument("--connections", type=int, default=8, help="concurrent clients")
-    parser.add_argument("--web-workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument(
+        "--server",
+        nargs="+",
+        default=["granian:2x2"],  # README's production command
+        metavar="NAME[:WORKERS[xTHREADS]]",
+        help=f"one or more of {', '.join(SERVERS)}, each run in turn against the same database, "
+        "senders and sink (gunicorn: sync workers, gthread with threads > 1; granian: its WSGI "
+        "interface, THREADS blocking threads per worker); e.g. gunicorn:3 granian:2x1",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="run the server list this often")
+    parser.add_argument(
+        "--web-workers", type=int, default=3, help="worker processes of a --server without a shape"
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="threads per gunicorn worker (more than 1: gthread workers)",
+        help="threads per worker (gunicorn: more than 1 means gthread workers; granian: "
+        "blocking threads running the application)",
     )
     parser.add_argument(
         "--queue",
@@ -276,6 +292,10 @@ def main() -> None:
         "--database-url", default="postgres://postgres@127.0.0.1:5432/connector_api_bench"
     )
     args = parser.parse_args()
+    try:
+        specs = [ServerSpec.parse(text, args.web_workers, args.threads) for text in args.server]
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        parser.error(f"--server: {exc}")
 
     from cryptography.fernet import Fernet
 
@@ -305,7 +325,7 @@ def main() -> None:
     setup_database(args.database_url)
     workdir = Path(tempfile.mkdtemp(prefix="api-bench-"))
     sink = SinkProcess(workdir)
-    processes: list[subprocess.Popen[bytes]] = []
+    senders: list[subprocess.Popen[bytes]] = []
     try:
         from connectors.tokens import issue_token
 
@@ -314,31 +334,6 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        worker_class = (
-            ["--worker-class", "gthread", "--threads", str(args.threads)]
-            if args.threads > 1
-            else ["--worker-class", "sync"]
-        )
-        server = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "console.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(args.web_workers),
-            *worker_class,
-            "--log-level",
-            "warning",
-            "--backlog",
-            "2048",
-        ]
-        processes.append(subprocess.Popen(server, cwd=ROOT, env=env))  # noqa: S603 (no shell)
-        wait_for_http(port, "/healthz")
 
         if args.queue == "db":
             sender = [
@@ -354,9 +349,9 @@ def main() -> None:
             sender = [sys.executable, "manage.py", "send_worker", "--batch-size", "100"]
         for _ in range(args.senders):
             worker = subprocess.Popen(sender, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)  # noqa: S603
-            processes.append(worker)
+            senders.append(worker)
 
-        use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))
+        use_wrk = bool(args.client == "wrk" or (args.client == "auto" and shutil.which("wrk")))
         script = workdir / "post.lua"
         script.write_text(WRK_SCRIPT)
         wrk_env = {
@@ -364,6 +359,125 @@ def main() -> None:
             "BENCH_TOKEN": token,
             "BENCH_PAYLOAD": json.dumps(PAYLOAD, separators=(",", ":")),
         }
+        print(
+            f"machine: {os.cpu_count()} CPU cores; database: PostgreSQL; queue: {args.queue} "
+            f"({args.senders} sender{'s' if args.senders > 1 else ''}); client: "
+            f"{'wrk' if use_wrk else 'python'}, {args.connections} connections, {args.seconds} s"
+        )
+        summaries = []
+        offset = [0]  # deliveries made before the sink's log was last emptied
+        for round_number in range(args.rounds):
+            for spec in specs:
+                if args.rounds > 1:
+                    print(f"\n-- round {round_number + 1}, {spec.describe()}")
+                else:
+                    print(f"\n-- {spec.describe()}")
+                summaries.append(
+                    run_one(spec, args, env, wrk_env, script, token, use_wrk, sink, senders, offset)
+                )
+        if len(summaries) > 1:
+            print("\nsummary (one line per run):")
+            for line in summaries:
+                print("  " + line)
+    finally:
+        stop(senders)
+        sink.stop()
+        drop_database(args.database_url)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# The production servers the bench can run; each serves console.wsgi on 127.0.0.1:PORT.
+SERVERS = ("gunicorn", "granian")
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One server set-up: `NAME[:WORKERS[xTHREADS]]`, e.g. `gunicorn:3`, `granian:2x2`."""
+
+    name: str
+    workers: int
+    threads: int
+
+    @classmethod
+    def parse(cls, text: str, workers: int, threads: int) -> ServerSpec:
+        name, _, shape = text.partition(":")
+        if name not in SERVERS:
+            raise argparse.ArgumentTypeError(f"unknown server {name!r}; one of {SERVERS}")
+        if shape:
+            count, _, per = shape.partition("x")
+            workers, threads = int(count), int(per or 1)
+        return cls(name, workers, threads)
+
+    def describe(self) -> str:
+        if self.name == "granian":
+            return f"granian {self.workers} workers x {self.threads} blocking threads"
+        kind = f"gthread x{self.threads}" if self.threads > 1 else "sync"
+        return f"gunicorn {self.workers} {kind} workers"
+
+    def command(self, port: int) -> list[str]:
+        """Return the command line that serves console.wsgi (the README's production notes)."""
+        if self.name == "granian":
+            return [
+                sys.executable,
+                "-m",
+                "granian",
+                "--interface",
+                "wsgi",
+                "console.wsgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(self.workers),
+                "--blocking-threads",
+                str(self.threads),
+                "--backlog",
+                "2048",
+                "--log-level",
+                "warning",
+                "--no-ws",
+            ]
+        worker_class = (
+            ["--worker-class", "gthread", "--threads", str(self.threads)]
+            if self.threads > 1
+            else ["--worker-class", "sync"]
+        )
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "console.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(self.workers),
+            *worker_class,
+            "--log-level",
+            "warning",
+            "--backlog",
+            "2048",
+        ]
+
+
+def run_one(
+    spec: ServerSpec,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    wrk_env: dict[str, str],
+    script: Path,
+    token: str,
+    use_wrk: bool,
+    sink: SinkProcess,
+    senders: list[subprocess.Popen[bytes]],
+    offset: list[int],
+) -> str:
+    """Start one server, load it, print what it did; return a one-line summary."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(spec.command(port), cwd=ROOT, env=env)  # noqa: S603 (no shell)
+    try:
+        wait_for_http(port, "/healthz")
 
         def load(path: str, seconds: int, post: bool) -> LoadResult:
             if use_wrk:
@@ -374,16 +488,16 @@ def main() -> None:
 
         load("/healthz", 3, post=False)  # warm up: imports, connections
         load("/api/v1/messages", 3, post=True)
-        while sink.count() < count_accepted():
+        while sink.count() < count_accepted() - offset[0]:  # the sink counts from offset
             time.sleep(0.1)
         sink.reset()
-        already = count_accepted()
+        already = offset[0] = count_accepted()
 
         baseline = load("/healthz", args.seconds, post=False)
         database = database_name(args.database_url)
         groups = {
-            "web (gunicorn)": {processes[0].pid},
-            "senders": {p.pid for p in processes[1:]},
+            f"web ({spec.name})": {server.pid},
+            "senders": {p.pid for p in senders},
             "sink": {sink.process.pid},
         }
         load_before = os.getloadavg()[0]
@@ -400,45 +514,45 @@ def main() -> None:
             time.sleep(0.05)
         arrivals = sorted(sink.arrivals().values())
         drained = time.time() if not arrivals else arrivals[-1]
-
-        print(
-            f"machine: {os.cpu_count()} CPU cores; database: PostgreSQL; server: gunicorn "
-            f"{args.web_workers} {'gthread x' + str(args.threads) if args.threads > 1 else 'sync'}"
-            f" workers; queue: {args.queue} ({args.senders} sender"
-            f"{'s' if args.senders > 1 else ''}); client: {'wrk' if use_wrk else 'python'}, "
-            f"{args.connections} connections, {args.seconds} s"
-        )
-        print(
-            f"load average before / after the load: {load_before:.1f} / {load_after:.1f} "
-            "(other work on the machine shows here)"
-        )
-        show("baseline GET /healthz         ", baseline)
-        show("POST /api/v1/messages (202)   ", result, baseline)
-        if result.requests != result.ok:
-            print(f"  non-202 answers: {result.requests - result.ok}")
-        span = drained - started
-        print(f"accepted {accepted}; in the database: {accepted} (every 202 is a committed row)")
-        print(
-            f"drain: {len(arrivals)} delivered to the sink in {span:.1f} s from the start of the "
-            f"load = {len(arrivals) / span:.0f} msg/s; backlog when the load stopped: "
-            f"{accepted - delivered_at_end}, cleared {max(0.0, drained - load_ended):.1f} s later"
-        )
-        cpu = {k: cpu_during[k] - cpu_before[k] for k in cpu_before}
-        print(
-            "CPU while the load ran, ms per accepted request: "
-            + ", ".join(f"{k} {v / max(1, accepted) * 1000:.2f}" for k, v in cpu.items())
-        )
-        if arrivals:
-            rate_during = delivered_at_end / (load_ended - started)
-            print(
-                f"       delivered while the load ran: {rate_during:.0f} msg/s "
-                f"({'keeping up' if rate_during >= 0.95 * result.rate else 'falling behind'})"
-            )
     finally:
-        stop(processes)
-        sink.stop()
-        drop_database(args.database_url)
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop([server])
+
+    print(
+        f"load average before / after the load: {load_before:.1f} / {load_after:.1f} "
+        "(other work on the machine shows here)"
+    )
+    show("baseline GET /healthz         ", baseline)
+    show("POST /api/v1/messages (202)   ", result, baseline)
+    if result.requests != result.ok:
+        print(f"  non-202 answers: {result.requests - result.ok}")
+    span = drained - started
+    print(f"accepted {accepted}; in the database: {accepted} (every 202 is a committed row)")
+    print(
+        f"drain: {len(arrivals)} delivered to the sink in {span:.1f} s from the start of the "
+        f"load = {len(arrivals) / span:.0f} msg/s; backlog when the load stopped: "
+        f"{accepted - delivered_at_end}, cleared {max(0.0, drained - load_ended):.1f} s later"
+    )
+    cpu = {k: (cpu_during[k] - cpu_before[k]) / max(1, accepted) * 1000 for k in cpu_before}
+    print(
+        "CPU while the load ran, ms per accepted request: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+        + f"; in all {sum(cpu.values()):.2f}"
+    )
+    rate_during = delivered_at_end / (load_ended - started)
+    keeping_up = rate_during >= 0.95 * result.rate
+    if arrivals:
+        print(
+            f"       delivered while the load ran: {rate_during:.0f} msg/s "
+            f"({'keeping up' if keeping_up else 'falling behind'})"
+        )
+    lat = result.latencies_ms
+    return (
+        f"{spec.describe():42} {result.rate:5.0f} req/s  p50 {lat.get('p50', 0):5.1f}  "
+        f"p99 {lat.get('p99', 0):6.1f} ms  CPU/req "
+        + " ".join(f"{v:.2f}" for v in cpu.values())
+        + f" = {sum(cpu.values()):.2f} ms  drain {rate_during:.0f}/s  "
+        f"load {load_before:.1f}/{load_after:.1f}"
+    )
 
 
 def count_accepted() -> int:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import select
 import sys
 import time
 import uuid
@@ -22,13 +23,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import DisallowedHost
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.core.exceptions import DisallowedHost, ImproperlyConfigured, MiddlewareNotUsed
+from django.core.handlers.exception import convert_exception_to_response
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    connections,
+    transaction,
+)
 from django.db.models import Count, Min, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
 from django.template import loader
 from django.urls import path, re_path
 from django.utils import timezone
+from django.utils.module_loading import import_string
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 
@@ -102,14 +112,28 @@ class ApiError(Exception):
 def json_response(
     body: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> JsonResponse:
-    """Return JSON that no cache keeps (answers carry delivery state, never for sharing)."""
+    """Return JSON that no cache keeps (answers carry delivery state, never for sharing).
+
+    The headers the console's middleware would add, which the API's requests skip
+    (`ConsoleOnlyMiddleware`), are set here: the length, and a policy that lets nothing run or
+    frame the answer.
+    """
     response = JsonResponse(
-        body, status=status, safe=False, json_dumps_params={"ensure_ascii": False}
+        body,
+        status=status,
+        safe=False,
+        json_dumps_params={"ensure_ascii": False},
+        headers=API_HEADERS | headers if headers else API_HEADERS,
     )
-    response["Cache-Control"] = "no-store"
-    for name, value in (headers or {}).items():
-        response[name] = value
+    response["Content-Length"] = str(len(response.content))
     return response
+
+
+API_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+}
 
 
 View = Callable[..., HttpResponse]
@@ -185,7 +209,9 @@ MAX_CACHED_CALLERS = 1000
 
 def presented_token(request: HttpRequest) -> str:
     """Return the bearer token in the Authorization header, or raise a 401."""
-    header = request.headers.get("Authorization", "")
+    # META rather than request.headers, here and below: the latter builds a dict of every
+    # header on first use, to read one or two.
+    header = request.META.get("HTTP_AUTHORIZATION", "")
     if not header:
         raise ApiError(
             401,
@@ -285,14 +311,7 @@ def admit(caller: Caller) -> None:
     cursor: Any
     with connection.cursor() as cursor:
         cursor.execute(
-            # Raw SQL for RETURNING (count and read back in one statement); the one value
-            # put into the text is our own table's name.
-            f"UPDATE {ops.quote_name(ApiToken._meta.db_table)} "  # noqa: S608
-            "SET rate_count = CASE WHEN rate_window = %s THEN rate_count + 1 ELSE 1 END, "
-            "rate_window = %s, "
-            "last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < %s "
-            "THEN %s ELSE last_used_at END "
-            "WHERE id = %s AND revoked_at IS NULL RETURNING rate_count",
+            admit_sql(connection.alias),
             [
                 current,
                 current,
@@ -314,6 +333,22 @@ def admit(caller: Caller) -> None:
             f"limit; try again in {retry} s.",
             headers={"Retry-After": str(retry)},
         )
+
+
+@functools.cache
+def admit_sql(alias: str) -> str:
+    """Return admit()'s statement for a database (built once: it is the same every time)."""
+    table = connections[alias].ops.quote_name(ApiToken._meta.db_table)
+    # Raw SQL for RETURNING (count and read back in one statement); the one value put into the
+    # text is our own table's name.
+    return (
+        f"UPDATE {table} "  # noqa: S608
+        "SET rate_count = CASE WHEN rate_window = %s THEN rate_count + 1 ELSE 1 END, "
+        "rate_window = %s, "
+        "last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < %s "
+        "THEN %s ELSE last_used_at END "
+        "WHERE id = %s AND revoked_at IS NULL RETURNING rate_count"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,16 +389,19 @@ def read_json(request: HttpRequest) -> Any:
             headers={"Accept-Post": "application/json"},
         )
     limit = settings.CONNECTORS_API_MAX_BODY_BYTES
-    too_large = ApiError(413, "body_too_large", f"The body is over the limit of {limit} bytes.")
+
+    def too_large() -> ApiError:
+        return ApiError(413, "body_too_large", f"The body is over the limit of {limit} bytes.")
+
     declared = request.META.get("CONTENT_LENGTH") or ""
     if declared.isdigit() and int(declared) > limit:
-        raise too_large  # refused before reading a byte of it
+        raise too_large()  # refused before reading a byte of it
     try:
         body = request.read(limit + 1)
     except (UnreadablePostError, OSError):
         raise ApiError(400, "unreadable_body", "The body could not be read to its end.") from None
     if len(body) > limit:
-        raise too_large
+        raise too_large()
     if not body:
         raise ApiError(
             400,
@@ -550,7 +588,7 @@ def messages(request: HttpRequest) -> HttpResponse:
     body = read_json(request)
     message = parse_message(body)
     check_scope(caller, message.connector)
-    scoped_key = scope_idempotency_key(caller, request.headers.get("Idempotency-Key"))
+    scoped_key = scope_idempotency_key(caller, request.META.get("HTTP_IDEMPOTENCY_KEY"))
 
     digest = fingerprint(body)
     replay: Delivery | None = None
@@ -604,7 +642,7 @@ def messages(request: HttpRequest) -> HttpResponse:
     headers = {"Location": f"/api/v1/messages/{delivery.pk}"}
     if replay is not None:
         headers["Idempotent-Replayed"] = "true"
-    wait = parse_prefer_wait(request.headers.get("Prefer", ""))
+    wait = parse_prefer_wait(request.META.get("HTTP_PREFER", ""))
     if wait is not None:
         headers["Preference-Applied"] = f"wait={wait}"
         delivery = wait_for_outcome(delivery, wait)
@@ -777,6 +815,139 @@ def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
 
 def is_api_path(path: str) -> bool:
     return path.startswith("/api/") or path == "/healthz"
+
+
+# ---------------------------------------------------------------------------------------------
+# Middleware: what every request pays for before and after its view.
+
+
+class ConsoleOnlyMiddleware:
+    """Run `settings.CONSOLE_MIDDLEWARE` around every request except the API's.
+
+    The API authenticates each request by its token and answers JSON: static files, the
+    console's content security policy, sessions, CSRF cookies, users, messages and frame options
+    mean nothing to it, and running them cost about a tenth of a POST's CPU. The console's
+    requests run them in the order listed, exactly as if they were in `MIDDLEWARE` at this
+    place (their `process_view` hooks included: CSRF protection works there). The API's requests
+    still have their Host checked against ALLOWED_HOSTS, and json_response() sets the headers
+    that matter to a JSON answer.
+    """
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        check_console_middleware(settings.CONSOLE_MIDDLEWARE)
+        handler: Callable[[HttpRequest], HttpResponse] = convert_exception_to_response(get_response)
+        self.view_hooks: list[Callable[..., HttpResponse | None]] = []
+        for dotted in reversed(settings.CONSOLE_MIDDLEWARE):
+            try:
+                middleware = import_string(dotted)(handler)
+            except MiddlewareNotUsed:
+                continue
+            if hasattr(middleware, "process_template_response") or hasattr(
+                middleware, "process_exception"
+            ):
+                raise ImproperlyConfigured(
+                    f"{dotted} has process_template_response or process_exception hooks, "
+                    "which CONSOLE_MIDDLEWARE does not run: list it in MIDDLEWARE instead."
+                )
+            if hasattr(middleware, "process_view"):
+                self.view_hooks.insert(0, middleware.process_view)
+            handler = convert_exception_to_response(middleware)
+        self.console = handler
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if is_api_path(request.path_info):
+            # The one check of CommonMiddleware's that the API needs: a Host not in
+            # ALLOWED_HOSTS is refused (400, JSON: see bad_request()).
+            request.get_host()
+            return self.get_response(request)
+        return self.console(request)
+
+    def process_view(
+        self, request: HttpRequest, view: View, args: Any, kwargs: Any
+    ) -> HttpResponse | None:
+        if is_api_path(request.path_info):
+            return None
+        for hook in self.view_hooks:
+            response = hook(request, view, args, kwargs)
+            if response is not None:
+                return response
+        return None
+
+
+# What the console (django.contrib.admin) needs, in this order: the admin's own checks
+# (admin.E408-E410) look in MIDDLEWARE only, so they are silenced and checked here instead.
+CONSOLE_NEEDS = (
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+)
+
+
+def check_console_middleware(listed: list[str]) -> None:
+    """Raise ImproperlyConfigured unless CONSOLE_MIDDLEWARE holds what the admin needs."""
+    positions = []
+    for needed in CONSOLE_NEEDS:
+        wanted = import_string(needed)
+        found = [i for i, dotted in enumerate(listed) if issubclass(import_string(dotted), wanted)]
+        if not found:
+            raise ImproperlyConfigured(f"The console needs {needed} in CONSOLE_MIDDLEWARE.")
+        positions.append(found[0])
+    if positions != sorted(positions):
+        raise ImproperlyConfigured(
+            "CONSOLE_MIDDLEWARE must list " + ", then ".join(CONSOLE_NEEDS) + " in that order."
+        )
+
+
+class ClosedConnectionMiddleware:
+    """Drop kept PostgreSQL connections the server has closed, without a query.
+
+    With `CONN_HEALTH_CHECKS` Django sends `SELECT 1` before a request's first query on a kept
+    connection: a round trip on every request, for the web side and the database alike. When
+    PostgreSQL restarts, or ends a session (`pg_terminate_backend`, `idle_session_timeout`), it
+    says so on the connection and closes it, which leaves the idle socket readable; a look at
+    the socket (no round trip) finds that, and the connection is closed so the request opens a
+    new one. What the look cannot see (a network path that died without a word) the request
+    finds at its first query: the API answers 503 `database_unavailable`, and Django drops the
+    connection after it. Workers and commands, which get no requests, keep Django's own check.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        if not any(conn.vendor == "postgresql" for conn in connections.all()):
+            raise MiddlewareNotUsed  # SQLite: nothing to lose between requests
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        for conn in connections.all(initialized_only=True):
+            if (
+                conn.vendor == "postgresql"
+                and conn.connection is not None
+                and conn.health_check_enabled
+                and not conn.health_check_done
+                and not conn.in_atomic_block
+            ):
+                if server_closed(conn.connection):
+                    conn.close()
+                else:
+                    conn.health_check_done = True  # Django skips its SELECT 1 this request
+        return self.get_response(request)
+
+
+def server_closed(raw: Any) -> bool:
+    """Tell whether the server has closed (or written to) an idle psycopg connection."""
+    try:
+        if raw.broken or raw.closed:
+            return True
+        poller = select.poll()
+        poller.register(raw.pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
+        # Nothing is due on an idle connection: anything there (an error saying the session
+        # ends, or the end of the stream) means it cannot serve the next query.
+        return bool(poller.poll(0))
+    except Exception:  # a connection too far gone to ask
+        return True
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:

@@ -65,8 +65,17 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Replaces the SELECT 1 round trip of CONN_HEALTH_CHECKS on every request with a look at the
+    # kept connection's socket (PostgreSQL only; connectors/api.py says why).
+    "connectors.api.ClosedConnectionMiddleware",
     "console.middleware.HeadWithoutBody",
     "django.middleware.security.SecurityMiddleware",
+    # Runs CONSOLE_MIDDLEWARE, below, for every path except the HTTP API's (/api/, /healthz),
+    # which authenticates by token and answers JSON: it needs none of them.
+    "connectors.api.ConsoleOnlyMiddleware",
+]
+# Middleware of the console's pages, run in this order where ConsoleOnlyMiddleware stands.
+CONSOLE_MIDDLEWARE = [
     # Serves the files `collectstatic` gathered in STATIC_ROOT from the app server itself, so
     # production needs no separate file server; see README's production notes.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -78,6 +87,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+# The admin's checks look for its session, auth and messages middleware in MIDDLEWARE only;
+# they are in CONSOLE_MIDDLEWARE, and ConsoleOnlyMiddleware refuses to start without them.
+SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]
 
 ROOT_URLCONF = "console.urls"
 

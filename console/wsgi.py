@@ -1,8 +1,41 @@
-"""WSGI entry point: `gunicorn console.wsgi`."""
+"""WSGI entry point: `granian --interface wsgi console.wsgi:application` (or gunicorn)."""
 
 import os
 
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
-application = get_wsgi_application()
+django_application = get_wsgi_application()
+
+# Keys a WSGI server sets itself, which may also be in the process environment.
+CGI_KEYS = frozenset(
+    {
+        "CONTENT_LENGTH",
+        "CONTENT_TYPE",
+        "GATEWAY_INTERFACE",
+        "PATH_INFO",
+        "QUERY_STRING",
+        "REMOTE_ADDR",
+        "REMOTE_HOST",
+        "REMOTE_PORT",
+        "REQUEST_METHOD",
+        "SCRIPT_NAME",
+        "SERVER_NAME",
+        "SERVER_PORT",
+        "SERVER_PROTOCOL",
+        "SERVER_SOFTWARE",
+    }
+)
+# The process environment as it was when the server loaded us: granian copies all of it into
+# every request's environ (CGI style), where Django's request.META and its error reports would
+# show DATABASE_URL's password and the like. Those keys are dropped before Django sees them.
+PROCESS_ENVIRONMENT = frozenset(
+    key for key in os.environ if key not in CGI_KEYS and not key.startswith("HTTP_")
+)
+
+
+def application(environ, start_response):
+    """Serve a request with Django, without the server's process environment in it."""
+    if not PROCESS_ENVIRONMENT.isdisjoint(environ):
+        environ = {k: v for k, v in environ.items() if k not in PROCESS_ENVIRONMENT}
+    return django_application(environ, start_response)
