@@ -489,6 +489,9 @@ def run_one(
         load("/healthz", 3, post=False)  # warm up: imports, connections
         load("/api/v1/messages", 3, post=True)
         while sink.count() < count_accepted() - offset[0]:  # the sink counts from offset
+            dead = [p.args for p in senders if p.poll() is not None]
+            if dead:
+                raise SystemExit(f"a sender exited during the warm-up: {dead[0]}")
             time.sleep(0.1)
         sink.reset()
         already = offset[0] = count_accepted()
