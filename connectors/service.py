@@ -96,15 +96,17 @@ def send_message(
         except TemplateNotFound as exc:
             raise SendError("no_template", str(exc), path="type") from None
     check_rate_limit(to, recent)
-    return create_delivery(
-        target,
-        to,
-        usage_type,
-        locale,
-        payload,
-        {"payload": payload},
-        idempotency_key=idempotency_key,
-        **fields,
+    return store(
+        new_delivery(
+            target,
+            to,
+            usage_type,
+            locale,
+            payload,
+            {"payload": payload},
+            idempotency_key=idempotency_key,
+            **fields,
+        )
     )
 
 
@@ -173,8 +175,10 @@ def queue_rendered(
         )
     if not message.html and not message.text:
         message.text = " "  # an empty body is legal mail; smtplib needs something to send
-    return create_delivery(
-        target, to, UsageType.GENERIC, "", {}, {"message": asdict(message)}, source=source
+    return store(
+        new_delivery(
+            target, to, UsageType.GENERIC, "", {}, {"message": asdict(message)}, source=source
+        )
     )
 
 
@@ -200,17 +204,19 @@ def send_test(
     usage_type = clean_usage_type(type)
     payload = clean_payload(payload) or sample_payload(locale)
     target = pick_connector(connector, allow_disabled=True) if connector or config is None else None
-    delivery = create_delivery(
-        target,
-        to,
-        usage_type,
-        locale or "",
-        payload,
-        {"payload": payload},
-        source=DeliverySource.TEST,
-        source_detail=source_detail,
+    delivery = store(
+        new_delivery(
+            target,
+            to,
+            usage_type,
+            locale or "",
+            payload,
+            {"payload": payload},
+            source=DeliverySource.TEST,
+            source_detail=source_detail,
+            connector_slug=f"(unsaved {kind or 'config'})",
+        ),
         schedule=False,
-        connector_slug=f"(unsaved {kind or 'config'})",
     )
     outcome = process_with_details(
         delivery.pk, policy=replace(RetryPolicy.from_settings(), max_attempts=1), config=config
@@ -241,37 +247,13 @@ def sample_payload(locale: str | None = None) -> dict[str, Any]:
     }
 
 
-def create_delivery(
-    target: Connector | None,
-    to: str,
-    usage_type: str,
-    locale: str,
-    payload: dict[str, Any],
-    sealed: dict[str, Any],
-    *,
-    source: str,
-    source_detail: str = "",
-    ip: str | None = None,
-    idempotency_key: str | None = None,
-    schedule: bool = True,
-    connector_slug: str = "",
-    api_token: Any = None,
-) -> Delivery:
-    """Store the delivery, schedule it once committed, and return it."""
-    delivery = new_delivery(
-        target,
-        to,
-        usage_type,
-        locale,
-        payload,
-        sealed,
-        source=source,
-        source_detail=source_detail,
-        ip=ip,
-        idempotency_key=idempotency_key,
-        connector_slug=connector_slug,
-        api_token=api_token,
-    )
+def store(delivery: Delivery, *, schedule: bool = True) -> Delivery:
+    """Store a new delivery, schedule it once committed, and return it.
+
+    With an idempotency key, the delivery already made with that key, if any, is returned
+    instead.
+    """
+    target = delivery.connector
     key = delivery.idempotency_key
     if not key or target is None:
         # One INSERT, committed on its own unless the caller holds a transaction open.
