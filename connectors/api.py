@@ -952,7 +952,7 @@ def server_closed(raw: Any) -> bool:
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     """Answer a request Django refused before any view (bad Host header…): JSON for the API."""
-    if not is_api_path(request.path):
+    if not is_api_path(request.path_info):
         return defaults.bad_request(request, exception)
     if isinstance(exception, DisallowedHost):
         message = "The Host header names a host this server does not answer to (ALLOWED_HOSTS)."
@@ -968,7 +968,7 @@ def server_error(request: HttpRequest) -> HttpResponse:
     is being handled, so it is still at hand), not a 500.
     """
     database_down = isinstance(sys.exc_info()[1], OperationalError | InterfaceError)
-    if not is_api_path(request.path):
+    if not is_api_path(request.path_info):
         if database_down:
             return HttpResponse(
                 loader.render_to_string("503.html"), status=503, headers={"Retry-After": "5"}

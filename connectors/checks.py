@@ -76,6 +76,28 @@ def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
                 id="connectors.W004",
             )
         )
+    listed = [*settings.MIDDLEWARE, *getattr(settings, "CONSOLE_MIDDLEWARE", [])]
+    if "django.middleware.csrf.CsrfViewMiddleware" not in listed:
+        problems.append(
+            Warning(
+                "CSRF protection is off: CsrfViewMiddleware is in neither MIDDLEWARE nor "
+                "CONSOLE_MIDDLEWARE.",
+                hint="Put it back in CONSOLE_MIDDLEWARE.",
+                id="connectors.W006",
+            )
+        )
+    if "django.middleware.clickjacking.XFrameOptionsMiddleware" not in listed or (
+        settings.X_FRAME_OPTIONS != "DENY"
+    ):
+        problems.append(
+            Warning(
+                "Pages may be framed by other sites: XFrameOptionsMiddleware is not listed, or "
+                f"X_FRAME_OPTIONS is {settings.X_FRAME_OPTIONS!r} rather than 'DENY'.",
+                hint="Keep XFrameOptionsMiddleware in CONSOLE_MIDDLEWARE and X_FRAME_OPTIONS "
+                "'DENY'.",
+                id="connectors.W007",
+            )
+        )
     if "*" in settings.ALLOWED_HOSTS:
         problems.append(
             Warning(

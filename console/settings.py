@@ -87,9 +87,17 @@ CONSOLE_MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
-# The admin's checks look for its session, auth and messages middleware in MIDDLEWARE only;
-# they are in CONSOLE_MIDDLEWARE, and ConsoleOnlyMiddleware refuses to start without them.
-SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]
+# The admin's checks, and Django's for CSRF and X-Frame-Options (security.W002, W003), look for
+# their middleware in MIDDLEWARE only; they are in CONSOLE_MIDDLEWARE. ConsoleOnlyMiddleware
+# refuses to start without the admin's; connectors.W004, W006 and W007 make the deploy checks
+# that Django makes only when those two are in MIDDLEWARE (security.W016, W019).
+SILENCED_SYSTEM_CHECKS = [
+    "admin.E408",
+    "admin.E409",
+    "admin.E410",
+    "security.W002",
+    "security.W003",
+]
 
 ROOT_URLCONF = "console.urls"
 

@@ -32,10 +32,25 @@ CGI_KEYS = frozenset(
 PROCESS_ENVIRONMENT = frozenset(
     key for key in os.environ if key not in CGI_KEYS and not key.startswith("HTTP_")
 )
+# Keys a request may carry itself, but which may also come from the process environment
+# (HTTP_PROXY, say, would read as a "Proxy:" header the client sent): dropped when they hold
+# the process environment's value, that is when the request did not set them.
+REQUEST_OR_PROCESS = {
+    key: value
+    for key, value in os.environ.items()
+    if key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")
+}
 
 
 def application(environ, start_response):
     """Serve a request with Django, without the server's process environment in it."""
-    if not PROCESS_ENVIRONMENT.isdisjoint(environ):
-        environ = {k: v for k, v in environ.items() if k not in PROCESS_ENVIRONMENT}
+    if not PROCESS_ENVIRONMENT.isdisjoint(environ) or any(
+        environ.get(key) == value for key, value in REQUEST_OR_PROCESS.items()
+    ):
+        environ = {
+            k: v
+            for k, v in environ.items()
+            if k not in PROCESS_ENVIRONMENT
+            and not (k in REQUEST_OR_PROCESS and REQUEST_OR_PROCESS[k] == v)
+        }
     return django_application(environ, start_response)

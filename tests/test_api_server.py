@@ -297,3 +297,64 @@ def test_the_process_environment_never_reaches_django(monkeypatch):
         request_started.disconnect(look)
     assert "DATABASE_URL" not in seen[0] and seen[0]["PATH_INFO"] == "/healthz"
     assert seen[1]["PATH_INFO"] == "/healthz"  # nothing to drop: passed on as it is
+
+
+def test_process_environment_headers_never_pass_for_the_clients(monkeypatch):
+    # HTTP_PROXY in the server's environment would read as a "Proxy:" header the client sent,
+    # and a CONTENT_TYPE there as the request's own; a client's own headers go through.
+    import console.wsgi
+
+    process = {"HTTP_PROXY": "http://user:pr0xy-pass@proxy.internal:3128", "CONTENT_TYPE": "x/y"}
+    monkeypatch.setattr(console.wsgi, "REQUEST_OR_PROCESS", process)
+    seen: list[dict[str, Any]] = []
+
+    def look(sender: Any, environ: dict[str, Any], **kwargs: Any) -> None:
+        seen.append(environ)
+
+    request_started.connect(look)
+    try:
+        wsgi_call("/healthz", **process)
+        wsgi_call("/healthz", HTTP_PROXY="sent-by-the-client", CONTENT_TYPE="text/plain")
+    finally:
+        request_started.disconnect(look)
+    assert "HTTP_PROXY" not in seen[0] and seen[0].get("CONTENT_TYPE") != "x/y"
+    assert seen[1]["HTTP_PROXY"] == "sent-by-the-client" and seen[1]["CONTENT_TYPE"] == "text/plain"
+
+
+def test_an_api_path_under_a_mount_prefix_gets_the_apis_errors(settings):
+    # FORCE_SCRIPT_NAME, or SCRIPT_NAME from a proxy: path carries the prefix, path_info not.
+    settings.FORCE_SCRIPT_NAME = "/console"
+    response = Client().get("/healthz", headers={"Host": "evil.example"})
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json()["error"]["code"] == "bad_request"
+
+
+@postgresql_only
+def test_a_console_session_survives_a_terminated_database_session(server, django_user_model):
+    user = django_user_model.objects.create_superuser("root", "root@example.test")
+    user.password = PBKDF2PasswordHasher().encode("pw-root-123", "somesalt", iterations=1000)
+    user.save()
+    status, headers, page = request(server, "GET", "/login/")
+    cookie = re.search(r"csrftoken=([^;]+)", headers["set-cookie"])[1]
+    token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page)[1].decode()
+    body = f"username=root&password={quote('pw-root-123')}&csrfmiddlewaretoken={token}"
+    status, headers, _ = request(
+        server,
+        "POST",
+        "/login/",
+        body,
+        {"Content-Type": "application/x-www-form-urlencoded", "Cookie": f"csrftoken={cookie}"},
+    )
+    assert status == 302
+    session = re.search(r"sessionid=([^;]+)", headers["set-cookie"])[1]
+    for _ in range(3):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        time.sleep(0.2)
+        # The session and user are read from the database: a stale connection would be a 503.
+        status, _, page = request(server, "GET", "/", headers={"Cookie": f"sessionid={session}"})
+        assert status == 200 and b"Connectors" in page

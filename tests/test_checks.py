@@ -42,6 +42,41 @@ def test_a_hardened_deployment_passes(settings):
     assert ids(check_deployment()) == set()
 
 
+def test_csrf_and_framing_checks_look_at_the_console_middleware(settings):
+    settings.DEBUG = False
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SESSION_COOKIE_SECURE = True
+    settings.CSRF_COOKIE_SECURE = True
+    settings.ALLOWED_HOSTS = ["console.example.test"]
+    settings.X_FRAME_OPTIONS = "SAMEORIGIN"
+    assert ids(check_deployment()) == {"connectors.W007"}
+    settings.X_FRAME_OPTIONS = "DENY"
+    settings.CONSOLE_MIDDLEWARE = [
+        m for m in settings.CONSOLE_MIDDLEWARE if not m.endswith("CsrfViewMiddleware")
+    ]
+    assert ids(check_deployment()) == {"connectors.W006"}
+
+
+def test_a_hardened_deployment_has_no_false_alarms_from_django(settings):
+    from django.core import checks
+
+    settings.DEBUG = False
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SESSION_COOKIE_SECURE = True
+    settings.CSRF_COOKIE_SECURE = True
+    settings.SECURE_HSTS_SECONDS = 31536000
+    settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    settings.SECURE_HSTS_PRELOAD = True
+    settings.ALLOWED_HOSTS = ["console.example.test"]
+    settings.SECRET_KEY = "x" * 20 + "a-long-random-looking-production-secret-key-0123456789"
+    found = {
+        m.id
+        for m in checks.run_checks(include_deployment_checks=True, tags=["security"])
+        if m.id.startswith("security.") and not m.is_silenced()
+    }
+    assert found == set(), found
+
+
 def test_a_lease_shorter_than_a_send_is_an_error(settings):
     from connectors.checks import check_delivery_timing
 
