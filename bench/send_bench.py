@@ -1,7 +1,7 @@
 """Benchmark the send service: throughput and latency from send_message() to an SMTP sink.
 
     .venv/bin/python bench/send_bench.py [--messages 3000] [--threads 2]
-        [--database-url postgres://...]
+        [--producers threads|processes] [--database-url postgres://...]
 
 Prints, from one run on one machine, so that the ratios hold however busy it is:
   - baseline A: raw smtplib over one persistent connection (the ceiling for Python);
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import resource
 import smtplib
 import socket
 import statistics
@@ -28,6 +29,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -254,31 +256,74 @@ def produce(prefix: str, n: int, rate: float | None, accepted: dict[str, float])
     connection.close()
 
 
+def produce_in_process(prefix: str, n: int, results: Any) -> None:
+    """Call send_message n times in a process of its own; put what it accepted on `results`."""
+    accepted: dict[str, float] = {}
+    produce(prefix, n, None, accepted)
+    results.put(accepted)
+
+
 def run_ours(
-    sink: SinkProcess, n: int, workers: int, env: dict[str, str], prefix: str, producers: int = 2
+    sink: SinkProcess,
+    n: int,
+    workers: int,
+    env: dict[str, str],
+    prefix: str,
+    producers: int = 2,
+    in_processes: bool = False,
 ) -> tuple[float, float, dict[str, float]]:
-    """Return (end-to-end messages/s, accept calls/s, CPU ms per message by part)."""
+    """Return (end-to-end messages/s, accept calls/s, CPU ms per message by part).
+
+    The producers are threads of this process, or (`in_processes`) processes of their own, as
+    the web workers of an application are.
+    """
+    from django.db import connections
+
     sink.reset()
     procs = start_workers(workers, env)
     time.sleep(2)  # let the workers start
     groups = {"workers": {p.pid for p in procs}, "sink": {sink.process.pid}}
     database = database_name(os.environ["DATABASE_URL"])
-    cpu_before, own_before = cpu_by_group(groups, database), time.process_time()
     accepted: dict[str, float] = {}
-    threads = [
-        threading.Thread(target=produce, args=(f"{prefix}p{p}-", n // producers, None, accepted))
-        for p in range(producers)
-    ]
+    fork = multiprocessing.get_context("fork")
+    results = fork.Queue()
+    if in_processes:
+        connections.close_all()  # a forked child must open its own
+        producing: list[Any] = [
+            fork.Process(
+                target=produce_in_process, args=(f"{prefix}p{p}-", n // producers, results)
+            )
+            for p in range(producers)
+        ]
+    else:
+        producing = [
+            threading.Thread(
+                target=produce, args=(f"{prefix}p{p}-", n // producers, None, accepted)
+            )
+            for p in range(producers)
+        ]
+    cpu_before, own_before = cpu_by_group(groups, database), time.process_time()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for producer in producing:
+        producer.start()
+    if in_processes:
+        for _ in producing:
+            accepted.update(results.get())
+    for producer in producing:
+        producer.join()
     accept_rate = len(accepted) / (time.time() - start)
     while sink.count() < len(accepted):
         time.sleep(0.01)
     last = max(sink.arrivals().values())
-    cpu = {"send_message": time.process_time() - own_before}
+    if in_processes:  # the producers have ended and been waited for: counted as children
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used = sum(
+            getattr(children, f) - getattr(children_before, f) for f in ("ru_utime", "ru_stime")
+        )
+        cpu = {"send_message": used}
+    else:
+        cpu = {"send_message": time.process_time() - own_before}
     cpu_after = cpu_by_group(groups, database)
     cpu.update({k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after})
     stop_workers(procs)
@@ -321,6 +366,13 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=2, help="send_worker --threads")
     parser.add_argument(
+        "--producers",
+        choices=["threads", "processes"],
+        default="threads",
+        help="the two callers of send_message end to end: threads of the benchmark, or "
+        "processes of their own (as an application's web workers are)",
+    )
+    parser.add_argument(
         "--database-url", default="postgres://postgres@127.0.0.1:5432/connector_bench"
     )
     args = parser.parse_args()
@@ -352,7 +404,8 @@ def main() -> None:
 
         print(
             f"messages per run: {n}; CPU cores: {os.cpu_count()}; database: PostgreSQL; "
-            f"send_worker threads: {args.threads}; load average at start: "
+            f"send_worker threads: {args.threads}; producers: 2 {args.producers}; "
+            "load average at start: "
             f"{os.getloadavg()[0]:.1f}"
         )
         raw, own_cpu, sink_cpu = ceiling(sink, n)
@@ -388,7 +441,9 @@ def main() -> None:
             )
         for workers in (1, 2):
             before = ceiling(sink, n // 2)[0]
-            rate, accept, cpu = run_ours(sink, n, workers, env, f"w{workers}-")
+            rate, accept, cpu = run_ours(
+                sink, n, workers, env, f"w{workers}-", in_processes=args.producers == "processes"
+            )
             report(
                 f"{workers} worker{'s' if workers > 1 else ' '} send_message->sink, logged",
                 rate,
