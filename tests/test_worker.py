@@ -207,3 +207,19 @@ def test_a_sending_thread_that_fails_stops_the_worker(outbox, monkeypatch):
             worker.run(max_idle=30)
         assert time.monotonic() - started < 10, "the main thread stopped too, not when idle"
         assert worker.running is False
+
+
+def test_a_threaded_worker_hands_the_interpreter_over_quickly(settings):
+    from django.core.management import call_command
+
+    from connectors.management.commands.send_worker import SWITCH_INTERVAL
+
+    use_task_backend(settings, "connectors.outbox.OutboxBackend")
+    default = sys.getswitchinterval()
+    try:
+        call_command("send_worker", "--threads", "1", "--exit-when-idle", "0.05")
+        assert sys.getswitchinterval() == default
+        call_command("send_worker", "--threads", "2", "--exit-when-idle", "0.05")
+        assert sys.getswitchinterval() == SWITCH_INTERVAL < default
+    finally:
+        sys.setswitchinterval(default)
