@@ -285,9 +285,9 @@ def run_ours(
     groups = {"workers": {p.pid for p in procs}, "sink": {sink.process.pid}}
     database = database_name(os.environ["DATABASE_URL"])
     accepted: dict[str, float] = {}
-    fork = multiprocessing.get_context("fork")
-    results = fork.Queue()
     if in_processes:
+        fork = multiprocessing.get_context("fork")
+        results = fork.Queue()
         connections.close_all()  # a forked child must open its own
         producing: list[Any] = [
             fork.Process(

@@ -476,15 +476,12 @@ class Delivery(models.Model):
         if sql is None:
             table = conn.ops.quote_name(Delivery._meta.db_table)
             columns = ", ".join(conn.ops.quote_name(f.column) for f in fields)
-            if only_if:
-                values = placeholders(fields, conn, cast=True)
-                sql = f"INSERT INTO {table} ({columns}) SELECT {values} WHERE "
-            else:
-                sql = (
-                    f"INSERT INTO {table} ({columns}) "  # noqa: S608 (our table's names only)
-                    f"VALUES ({', '.join(['%s'] * len(fields))})"
-                )
-            _insert_statements[key] = sql
+            values = placeholders(fields, conn, cast=bool(only_if))
+            sql = _insert_statements[key] = (
+                f"INSERT INTO {table} ({columns}) SELECT {values} WHERE "
+                if only_if
+                else f"INSERT INTO {table} ({columns}) VALUES ({values})"  # noqa: S608 (our names)
+            )
         values = [f.get_db_prep_save(f.pre_save(self, True), conn) for f in fields]
         with transaction.mark_for_rollback_on_error(using), conn.cursor() as cursor:
             if only_if:

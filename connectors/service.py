@@ -89,12 +89,10 @@ def send_message(
         if accepted is not None:
             return accepted
     target, recent = connector_and_recent_count(connector, to)
-    templates = target.template_configs()
-    if target.kind == "smtp" or templates:
-        try:
-            choose_template(templates, usage_type, locale)
-        except TemplateNotFound as exc:
-            raise SendError("no_template", str(exc), path="type") from None
+    try:
+        check_template(target, usage_type, locale)
+    except TemplateNotFound as exc:
+        raise SendError("no_template", str(exc), path="type") from None
     check_rate_limit(to, recent)
     return store(
         new_delivery(
@@ -131,12 +129,10 @@ def accept_if_unchanged(
     (version, enabled), target = cached
     if not enabled:
         return None
-    templates = target.template_configs()
-    if target.kind == "smtp" or templates:
-        try:
-            choose_template(templates, usage_type, locale)
-        except TemplateNotFound:
-            return None
+    try:
+        check_template(target, usage_type, locale)
+    except TemplateNotFound:
+        return None
     table = connection.ops.quote_name(Connector._meta.db_table)
     condition = (
         f"EXISTS (SELECT 1 FROM {table} WHERE id = %s AND updated_at = %s AND enabled = %s "  # noqa: S608
@@ -158,6 +154,16 @@ def accept_if_unchanged(
         return None
     after_commit(delivery)
     return delivery
+
+
+def check_template(target: Connector, usage_type: str, locale: str) -> None:
+    """Raise TemplateNotFound unless the connector can write this message.
+
+    An HTTP connector without templates needs none: its endpoint renders for itself.
+    """
+    templates = target.template_configs()
+    if target.kind == "smtp" or templates:
+        choose_template(templates, usage_type, locale)
 
 
 def queue_rendered(

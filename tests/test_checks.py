@@ -33,21 +33,22 @@ def test_debug_and_plain_http_are_flagged_for_deployment(settings):
     assert {"connectors.W001", "connectors.W004", "connectors.W005"} <= ids(check_deployment())
 
 
-def test_a_hardened_deployment_passes(settings):
+def harden(settings):
+    """Set what a deployment behind HTTPS sets."""
     settings.DEBUG = False
     settings.SECURE_SSL_REDIRECT = True
     settings.SESSION_COOKIE_SECURE = True
     settings.CSRF_COOKIE_SECURE = True
     settings.ALLOWED_HOSTS = ["console.example.test"]
+
+
+def test_a_hardened_deployment_passes(settings):
+    harden(settings)
     assert ids(check_deployment()) == set()
 
 
 def test_csrf_and_framing_checks_look_at_the_console_middleware(settings):
-    settings.DEBUG = False
-    settings.SECURE_SSL_REDIRECT = True
-    settings.SESSION_COOKIE_SECURE = True
-    settings.CSRF_COOKIE_SECURE = True
-    settings.ALLOWED_HOSTS = ["console.example.test"]
+    harden(settings)
     settings.X_FRAME_OPTIONS = "SAMEORIGIN"
     assert ids(check_deployment()) == {"connectors.W007"}
     settings.X_FRAME_OPTIONS = "DENY"
@@ -60,14 +61,10 @@ def test_csrf_and_framing_checks_look_at_the_console_middleware(settings):
 def test_a_hardened_deployment_has_no_false_alarms_from_django(settings):
     from django.core import checks
 
-    settings.DEBUG = False
-    settings.SECURE_SSL_REDIRECT = True
-    settings.SESSION_COOKIE_SECURE = True
-    settings.CSRF_COOKIE_SECURE = True
+    harden(settings)
     settings.SECURE_HSTS_SECONDS = 31536000
     settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     settings.SECURE_HSTS_PRELOAD = True
-    settings.ALLOWED_HOSTS = ["console.example.test"]
     settings.SECRET_KEY = "x" * 20 + "a-long-random-looking-production-secret-key-0123456789"
     found = {
         m.id
