@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/api_bench.py [--seconds 20] [--connections 8] [--web-workers 3]
         [--threads 1] [--server gunicorn[:3] granian[:2x2] ...] [--rounds 1]
-        [--queue db|outbox] [--senders 1] [--database-url postgres://...]
+        [--queue db|outbox] [--senders 1] [--sender-threads 4] [--database-url postgres://...]
 
 One run on one machine, so that the ratios hold however busy it is:
   - a production server serving console.wsgi (DEBUG off, PostgreSQL): granian, as README's
@@ -287,6 +287,12 @@ def main() -> None:
         help="db: django-tasks-db + db_worker; outbox: send_worker",
     )
     parser.add_argument("--senders", type=int, default=1, help="worker processes that send")
+    parser.add_argument(
+        "--sender-threads",
+        type=int,
+        default=None,
+        help="send_worker --threads (default: send_worker's own, 4)",
+    )
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
         "--database-url", default="postgres://postgres@127.0.0.1:5432/connector_api_bench"
@@ -346,7 +352,15 @@ def main() -> None:
                 "--no-reload",
             ]
         else:
-            sender = [sys.executable, "manage.py", "send_worker", "--batch-size", "100"]
+            sender = [
+                sys.executable,
+                "manage.py",
+                "send_worker",
+                "--batch-size",
+                "100",
+            ]
+            if args.sender_threads is not None:
+                sender += ["--threads", str(args.sender_threads)]
         for _ in range(args.senders):
             worker = subprocess.Popen(sender, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)  # noqa: S603
             senders.append(worker)

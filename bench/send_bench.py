@@ -1,6 +1,6 @@
 """Benchmark the send service: throughput and latency from send_message() to an SMTP sink.
 
-    .venv/bin/python bench/send_bench.py [--messages 3000] [--threads 2]
+    .venv/bin/python bench/send_bench.py [--messages 3000] [--threads 4]
         [--producers threads|processes] [--database-url postgres://...]
 
 Prints, from one run on one machine, so that the ratios hold however busy it is:
@@ -364,7 +364,7 @@ def run_latency(sink: SinkProcess, rate: float, seconds: float, env: dict[str, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3000)
-    parser.add_argument("--threads", type=int, default=2, help="send_worker --threads")
+    parser.add_argument("--threads", type=int, default=4, help="send_worker --threads")
     parser.add_argument(
         "--producers",
         choices=["threads", "processes"],

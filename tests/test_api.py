@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F
 from django.test import Client
 from django.utils import timezone
 
 from connectors import schema
-from connectors.api import forget_callers
+from connectors.api import Caller, admit, forget_callers
 from connectors.delivery import close_transports
 from connectors.models import ApiToken, Connector, Delivery, DeliveryStatus
 from connectors.tokens import hash_token, issue_token
@@ -570,6 +570,26 @@ def test_token_rate_limit_holds_across_worker_processes(client, connector, token
     assert post(client, token, {**LOGTO_BODY, "to": "b@logto.io"}).status_code == 202
     forget_callers()
     assert post(client, token, {**LOGTO_BODY, "to": "c@logto.io"}).status_code == 429
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="PostgreSQL's commit mode; runs in the PG pass"
+)
+def test_token_count_alone_commits_without_waiting_for_the_disk(transactional_db):
+    token, _ = issue_token("counted")
+    caller = Caller(token_id=token.pk, prefix=token.prefix, connectors=None)
+
+    def commit_mode() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+    with transaction.atomic():
+        admit(caller)
+        assert commit_mode() == "off"  # the count's own transaction
+    assert commit_mode() == "on"  # and nothing after it: a delivery's commit waits for the disk
+    token.refresh_from_db()
+    assert token.rate_count == 1
 
 
 def test_recipient_rate_limit_is_429_with_retry_after(client, connector, token, settings):

@@ -134,8 +134,9 @@ def test_a_worker_killed_mid_batch_strands_nothing(queued, sink):
 
 def test_two_workers_never_send_one_delivery_twice(queued, sink):
     handler, _ = sink
-    handler.delay = 0.1  # 3 s of work for one worker: time enough for the second to join in
-    workers = [start_worker("--exit-when-idle", "2") for _ in range(2)]
+    # 1.5 s of work for one worker of two threads: time enough for the second to join in.
+    handler.delay = 0.1
+    workers = [start_worker("--threads", "2", "--exit-when-idle", "2") for _ in range(2)]
     for worker in workers:
         assert worker.wait(timeout=60) == 0, worker.stdout.read().decode()
     assert sorted(handler.recipients) == sorted(f"user{i}@example.test" for i in range(30))

@@ -39,9 +39,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--threads",
             type=int,
-            default=2,
-            help="sending threads, each with its own database and SMTP connections (default 2): "
-            "while one waits for a server, another sends",
+            default=4,
+            help="sending threads, each with its own database and SMTP connections (default 4): "
+            "while one waits for a server, the others send",
         )
         parser.add_argument(
             "--exit-when-idle",
