@@ -12,9 +12,11 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import re
 import select
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -201,8 +203,8 @@ class Caller:
 
 
 # Verified senders, by token hash: (when verified, caller). Revocation still takes effect at once,
-# because every send re-checks it in the rate-limit UPDATE (admit()); what the cache spares is
-# the lookup and the scope query on each request.
+# because every send re-checks it: in the statement that stores the message, or in the count
+# (admit()); what the cache spares is the lookup and the scope query on each request.
 _callers: dict[str, tuple[float, Caller]] = {}
 MAX_CACHED_CALLERS = 1000
 
@@ -277,8 +279,10 @@ def authenticate_sender(request: HttpRequest) -> Caller:
 
 
 def forget_callers() -> None:
-    """Drop every cached verification (tests; a changed token scope applies at once)."""
+    """Drop every cached verification and count (tests: as in a new process)."""
     _callers.clear()
+    with _shares_lock:
+        _shares.clear()
 
 
 def record_use(token: ApiToken) -> None:
@@ -293,20 +297,62 @@ def record_use(token: ApiToken) -> None:
     token.last_used_at = now
 
 
-def admit(caller: Caller) -> None:
+@dataclass
+class _Share:
+    """This process's part of one token's count in the current window."""
+
+    window: int = -1
+    pending: int = 0  # requests counted here and not yet added to the token's row
+    known: int = 0  # the row's count in `window` as this process last read it
+    written: float = -math.inf  # time.monotonic() of this process's last write
+
+
+_shares: dict[int, _Share] = {}
+_shares_lock = threading.Lock()
+# Far below its limit, a token's requests are added to its row in batches: at most this many,
+# at most WRITE_EVERY seconds apart, and at most 1/64 of the limit (docs/decisions.md).
+MAX_PENDING = 50
+WRITE_EVERY = 1.0
+
+
+def admit(caller: Caller, *, exact: bool = False) -> bool:
     """Count a send request against its token's limit; raise 429 over it, 401 if revoked.
 
-    One UPDATE on the token's row does it all: count the request in the current fixed window,
-    record the last use (at most once a minute), and see that the token is not revoked. The
-    database does the counting, so the limit holds across every worker process and machine with
-    no shared cache to run, at the cost of one short write per request. A fixed window may let
-    twice the limit through around a window's end; that is fine for a limit meant to stop a
-    runaway client.
+    The count lives on the token's row, so the limit holds across every worker process and
+    machine with no shared cache to run. Near the limit (past half of it), every request adds
+    itself to the row and reads the total back: exact. Far below it, a process adds its
+    requests in batches (see MAX_PENDING), which spares a write per request; the store itself
+    then checks that the token is not revoked (send_message with `api_token`). Return whether
+    the row was read, that is whether revocation was checked here; `exact` makes sure it is.
     """
+    return _count(caller, 1, exact)
+
+
+def settle(caller: Caller) -> None:
+    """Write what this process counted for the token; raise 429 over the limit, 401 if revoked."""
+    _count(caller, 0, True)
+
+
+def _count(caller: Caller, new: int, exact: bool) -> bool:
     limit, window = settings.CONNECTORS_API_TOKEN_RATE_LIMIT
     window = max(1, window)
     now = timezone.now()
     current = int(now.timestamp()) // window
+    tick = time.monotonic()
+    batch = min(MAX_PENDING, limit // 64) if limit else MAX_PENDING
+    with _shares_lock:
+        share = _shares.setdefault(caller.token_id, _Share())
+        if share.window != current:
+            share.window, share.pending, share.known = current, 0, 0
+        share.pending += new
+        if not (
+            exact
+            or share.pending >= batch
+            or tick - share.written >= WRITE_EVERY
+            or (limit and 2 * (share.known + share.pending) > limit)
+        ):
+            return False
+        adding, share.pending, share.written = share.pending, 0, tick
     ops = connection.ops
     cursor: Any
     with connection.cursor() as cursor:
@@ -314,6 +360,8 @@ def admit(caller: Caller) -> None:
             admit_sql(connection.alias),
             [
                 current,
+                adding,
+                adding,
                 current,
                 ops.adapt_datetimefield_value(now - LAST_USED_EVERY),
                 ops.adapt_datetimefield_value(now),
@@ -324,6 +372,9 @@ def admit(caller: Caller) -> None:
     if row is None:
         _callers.clear()
         raise invalid_token()
+    with _shares_lock:
+        if share.window == current:
+            share.known = max(share.known, row[0])
     if limit and row[0] > limit:
         retry = max(1, (current + 1) * window - int(now.timestamp()))
         raise ApiError(
@@ -333,6 +384,7 @@ def admit(caller: Caller) -> None:
             f"limit; try again in {retry} s.",
             headers={"Retry-After": str(retry)},
         )
+    return True
 
 
 @functools.cache
@@ -344,7 +396,7 @@ def admit_sql(alias: str) -> str:
     # text is our own table's name.
     update = (
         f"UPDATE {table} "  # noqa: S608
-        "SET rate_count = CASE WHEN rate_window = %s THEN rate_count + 1 ELSE 1 END, "
+        "SET rate_count = CASE WHEN rate_window = %s THEN rate_count + %s ELSE %s END, "
         "rate_window = %s, "
         "last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < %s "
         "THEN %s ELSE last_used_at END "
@@ -592,14 +644,26 @@ def messages(request: HttpRequest) -> HttpResponse:
     """Accept a message for delivery (202 once committed), or wait for its outcome if asked."""
     started = timezone.now()
     caller = authenticate_sender(request)
+    key = request.META.get("HTTP_IDEMPOTENCY_KEY")
     # Counted before anything else, so a refused request counts too and, over the limit, the
-    # 429 comes first. Its own short statement: taking the count into the delivery's
-    # transaction was measured to cost more (BEGIN and COMMIT round trips) than it saved.
-    admit(caller)
+    # 429 comes first. A replay stores nothing, so revocation is checked here for it.
+    checked = admit(caller, exact=key is not None)
+    try:
+        return accept(request, caller, key, started)
+    except ApiError as exc:
+        if not checked and exc.status != 401:
+            settle(caller)  # a revoked token is told so, whatever else was wrong
+        raise
+
+
+def accept(
+    request: HttpRequest, caller: Caller, key: str | None, started: datetime
+) -> HttpResponse:
+    """Store the message of a counted request (or find its replay); answer 202, or 200 waited."""
     body = read_json(request)
     message = parse_message(body)
     check_scope(caller, message.connector)
-    scoped_key = scope_idempotency_key(caller, request.META.get("HTTP_IDEMPOTENCY_KEY"))
+    scoped_key = scope_idempotency_key(caller, key)
 
     digest = fingerprint(body)
     replay: Delivery | None = None
@@ -628,6 +692,9 @@ def messages(request: HttpRequest) -> HttpResponse:
                 api_token=caller.token_id,
             )
         except SendError as exc:
+            if exc.code == "revoked_token":
+                _callers.clear()
+                raise invalid_token() from None
             headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
             raise ApiError(
                 SEND_ERROR_STATUS.get(exc.code, 400),

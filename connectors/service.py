@@ -18,7 +18,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from .delivery import AttemptOutcome, queued_in_rows
-from .models import Connector, Delivery, DeliverySource, DeliveryStatus, UsageType
+from .models import ApiToken, Connector, Delivery, DeliverySource, DeliveryStatus, UsageType
 from .rendering import RenderedMessage, TemplateNotFound, choose_template
 from .secrets import encrypt_secrets
 
@@ -68,7 +68,11 @@ def send_message(
     source_detail: str = "",
     api_token: Any = None,
 ) -> Delivery:
-    """Accept a message for delivery and return its Delivery once it is committed."""
+    """Accept a message for delivery and return its Delivery once it is committed.
+
+    With `api_token` (the HTTP API's caller), the message is stored only while that token is
+    not revoked; SendError "revoked_token" says when it is.
+    """
     to = clean_address(to)
     usage_type = clean_usage_type(type)
     payload = clean_payload(payload)
@@ -88,6 +92,7 @@ def send_message(
         accepted = accept_if_unchanged(connector, to, usage_type, locale, payload, **fields)
         if accepted is not None:
             return accepted
+    check_token(api_token)
     target, recent = connector_and_recent_count(connector, to)
     try:
         check_template(target, usage_type, locale)
@@ -149,11 +154,25 @@ def accept_if_unchanged(
         count, count_params = recent_count_sql(to)
         condition += f" AND {count} < %s"
         params += [*count_params, limit]
+    token = fields.get("api_token")
+    if token is not None:
+        tokens = connection.ops.quote_name(ApiToken._meta.db_table)
+        condition += f" AND EXISTS (SELECT 1 FROM {tokens} WHERE id = %s AND revoked_at IS NULL)"  # noqa: S608
+        params.append(getattr(token, "pk", token))
     delivery = new_delivery(target, to, usage_type, locale, payload, {"payload": payload}, **fields)
     if not delivery.insert(only_if=condition, params=params):
         return None
     after_commit(delivery)
     return delivery
+
+
+def check_token(api_token: Any) -> None:
+    """Raise SendError unless the API token a message is sent for, if any, is not revoked."""
+    if api_token is None:
+        return
+    active = ApiToken.objects.filter(pk=getattr(api_token, "pk", api_token), revoked_at=None)
+    if not active.exists():
+        raise SendError("revoked_token", "This API token has been revoked.")
 
 
 def check_template(target: Connector, usage_type: str, locale: str) -> None:

@@ -19,7 +19,7 @@ from django.db.models import F
 from django.test import Client
 from django.utils import timezone
 
-from connectors import schema
+from connectors import api, schema
 from connectors.api import Caller, admit, forget_callers
 from connectors.delivery import close_transports
 from connectors.models import ApiToken, Connector, Delivery, DeliveryStatus
@@ -572,6 +572,88 @@ def test_token_rate_limit_holds_across_worker_processes(client, connector, token
     assert post(client, token, {**LOGTO_BODY, "to": "c@logto.io"}).status_code == 429
 
 
+@pytest.fixture
+def large_limit(settings: Any, monkeypatch: Any) -> None:
+    """A limit far above what a test sends: this process counts in batches of 50 (1/64 of it)."""
+    settings.CONNECTORS_API_TOKEN_RATE_LIMIT = (6400, 10**9)
+    monkeypatch.setattr(api, "WRITE_EVERY", 3600.0)  # so a slow machine does not write early
+
+
+def send_many(client: Client, token: str, count: int, first: int = 0) -> None:
+    for i in range(first, first + count):
+        assert post(client, token, {**LOGTO_BODY, "to": f"u{i}@example.test"}).status_code == 202
+
+
+def row_count() -> int:
+    return ApiToken.objects.get().rate_count
+
+
+def test_far_below_its_limit_a_token_is_counted_in_batches(client, connector, token, large_limit):
+    send_many(client, token, 1)
+    assert row_count() == 1  # a process's first request writes, and so checks the token
+    send_many(client, token, 49, first=1)
+    assert row_count() == 1  # 49 counted in this process, not yet on the row
+    send_many(client, token, 1, first=50)
+    assert row_count() == 51  # the 50th adds them all
+    assert Delivery.objects.count() == 51
+
+
+def test_past_half_its_limit_every_request_is_counted(client, connector, token, large_limit):
+    send_many(client, token, 1)
+    ApiToken.objects.update(rate_count=3300)  # other processes' requests in this window
+    send_many(client, token, 50, first=1)  # the 50th writes, and reads 3350 back
+    assert row_count() == 3350
+    for i in range(3):
+        send_many(client, token, 1, first=100 + i)
+        assert row_count() == 3351 + i
+    ApiToken.objects.update(rate_count=6400)
+    response = post(client, token, {**LOGTO_BODY, "to": "over@example.test"})
+    assert response.status_code == 429 and error_of(response)["code"] == "rate_limited"
+    assert not Delivery.objects.filter(to="over@example.test").exists()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({}, id="valid"),
+        pytest.param({"to": "not an address"}, id="bad-body"),
+        pytest.param({"connector": "nowhere"}, id="unknown-connector"),
+    ],
+)
+def test_a_token_counted_in_batches_is_refused_at_once_when_revoked(
+    client, connector, token, large_limit, change
+):
+    send_many(client, token, 1)
+    ApiToken.objects.update(revoked_at=timezone.now())
+    response = post(client, token, {**LOGTO_BODY, "to": "late@example.test", **change})
+    assert response.status_code == 401 and error_of(response)["code"] == "invalid_token"
+    assert Delivery.objects.count() == 1
+
+
+def test_a_revoked_token_gets_no_replay(client, connector, token, large_limit):
+    headers = {"Idempotency-Key": "order-1"}
+    assert post(client, token, LOGTO_BODY, **headers).status_code == 202
+    send_many(client, token, 1)  # counted in this process only
+    ApiToken.objects.update(revoked_at=timezone.now())
+    response = post(client, token, LOGTO_BODY, **headers)
+    assert response.status_code == 401 and error_of(response)["code"] == "invalid_token"
+
+
+def test_a_message_for_a_revoked_token_is_not_stored(connector, token):
+    from connectors import service
+
+    row = ApiToken.objects.get()
+    service.send_message("a@example.test", "SignIn", {"code": "1"}, api_token=row.pk)
+    ApiToken.objects.update(revoked_at=timezone.now())
+    # The one-statement path of a process that knows the connector, then a new process's.
+    for _ in range(2):
+        with pytest.raises(service.SendError) as caught:
+            service.send_message("b@example.test", "SignIn", {"code": "1"}, api_token=row.pk)
+        assert caught.value.code == "revoked_token"
+        service._connector_ids.clear()
+    assert Delivery.objects.count() == 1
+
+
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="PostgreSQL's commit mode; runs in the PG pass"
 )
@@ -585,7 +667,7 @@ def test_token_count_alone_commits_without_waiting_for_the_disk(transactional_db
             return cursor.fetchone()[0]
 
     with transaction.atomic():
-        admit(caller)
+        admit(caller, exact=True)
         assert commit_mode() == "off"  # the count's own transaction
     assert commit_mode() == "on"  # and nothing after it: a delivery's commit waits for the disk
     token.refresh_from_db()
