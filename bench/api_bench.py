@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/api_bench.py [--seconds 20] [--connections 8] [--web-workers 3]
         [--threads 1] [--server gunicorn[:3] granian[:2x2] ...] [--rounds 1]
-        [--queue db|outbox] [--senders 1] [--sender-threads 4] [--database-url postgres://...]
+        [--queue db|outbox] [--senders 1] [--sender-threads 4] [--sink lean|aiosmtpd]
+        [--database-url postgres://...]
 
 One run on one machine, so that the ratios hold however busy it is:
   - a production server serving console.wsgi (DEBUG off, PostgreSQL): granian, as README's
     production notes say, or gunicorn; with several `--server`s, each in turn (and the list
     `--rounds` times) against the same database, senders and sink, then a line for each;
-  - workers draining the queue to an SMTP sink on loopback (aiosmtpd, a process of its own):
+  - workers draining the queue to an SMTP sink on loopback, a process of its own: the lean one
+    (bench/lean_sink.py, so that the stand-in for a remote server takes as little of the two
+    cores as it can, as wrk does for the load), or aiosmtpd (`--sink aiosmtpd`):
     `manage.py db_worker` with TASKS_BACKEND=django_tasks_db.DatabaseBackend (`--queue db`), or
     `manage.py send_worker` with the outbox backend (`--queue outbox`);
   - baseline: GET /healthz (a one-query view on the same server) at the same concurrency;
@@ -40,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from send_bench import (  # noqa: E402
+    SINKS,
     SinkProcess,
     cpu_by_group,
     database_name,
@@ -295,6 +299,9 @@ def main() -> None:
     )
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
+        "--sink", choices=SINKS, default="lean", help="the SMTP server the workers send to"
+    )
+    parser.add_argument(
         "--database-url", default="postgres://postgres@127.0.0.1:5432/connector_api_bench"
     )
     args = parser.parse_args()
@@ -330,7 +337,7 @@ def main() -> None:
     django.setup()
     setup_database(args.database_url)
     workdir = Path(tempfile.mkdtemp(prefix="api-bench-"))
-    sink = SinkProcess(workdir)
+    sink = SinkProcess(workdir, args.sink)
     senders: list[subprocess.Popen[bytes]] = []
     try:
         from connectors.tokens import issue_token
@@ -376,7 +383,8 @@ def main() -> None:
         print(
             f"machine: {os.cpu_count()} CPU cores; database: PostgreSQL; queue: {args.queue} "
             f"({args.senders} sender{'s' if args.senders > 1 else ''}); client: "
-            f"{'wrk' if use_wrk else 'python'}, {args.connections} connections, {args.seconds} s"
+            f"{'wrk' if use_wrk else 'python'}, {args.connections} connections, {args.seconds} s; "
+            f"sink: {args.sink}"
         )
         summaries = []
         offset = [0]  # deliveries made before the sink's log was last emptied

@@ -61,14 +61,24 @@ def run_sink(port: int, log_path: str, ready: multiprocessing.synchronize.Event)
         time.sleep(3600)
 
 
+SINKS = ("aiosmtpd", "lean")
+
+
 class SinkProcess:
-    def __init__(self, directory: Path) -> None:
+    """An SMTP sink in a process of its own: aiosmtpd, or bench/lean_sink.py (`kind="lean"`)."""
+
+    def __init__(self, directory: Path, kind: str = "aiosmtpd") -> None:
+        import lean_sink
+
+        self.kind = kind
         self.port = free_port()
         self.log = directory / "sink.log"
         self.log.write_text("")
         ready = multiprocessing.Event()
         self.process = multiprocessing.Process(
-            target=run_sink, args=(self.port, str(self.log), ready), daemon=True
+            target=lean_sink.run if kind == "lean" else run_sink,
+            args=(self.port, str(self.log), ready),
+            daemon=True,
         )
         self.process.start()
         ready.wait(10)
