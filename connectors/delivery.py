@@ -176,15 +176,35 @@ def claim_batch(worker: str, policy: RetryPolicy, limit: int) -> tuple[list[Deli
     """Take the lease on up to `limit` due deliveries, oldest first; return them and the token."""
     now = timezone.now()
     token = f"{worker}:{uuid.uuid4().hex[:8]}"[-64:]
-    ids = outbox_sql.claim_due(token, now, now + policy.lease, limit)
-    if not ids:
-        return [], token
-    claimed = list(
-        Delivery.objects.select_related("connector")
-        .filter(pk__in=ids, lease_owner=token)
-        .order_by("next_attempt_at")  # oldest first, as claimed
-    )
+    claimed = outbox_sql.claim_due(token, now, now + policy.lease, limit)
+    attach_connectors(claimed)
     return claimed, token
+
+
+def attach_connectors(deliveries: list[Delivery]) -> None:
+    """Give each claimed delivery its connector: this thread's copy, if still that version.
+
+    A copy is kept per thread, as the transports are, and replaced when the row's version
+    (updated_at, enabled; read by the claim) has changed: any save, anywhere, is seen on the
+    next claim. What it spares is loading and decoding the connector with every batch.
+    """
+    if not hasattr(_local, "connectors"):
+        _local.connectors = {}
+    kept: dict[Any, tuple[Any, Connector]] = _local.connectors
+    stale = {
+        d.connector_id
+        for d in deliveries
+        if d.connector_version is not None
+        and kept.get(d.connector_id, (None,))[0] != d.connector_version
+    }
+    if stale:
+        for pk in stale:
+            kept.pop(pk, None)  # gone, should the connector have been deleted since the claim
+        for connector in Connector.objects.filter(pk__in=stale):
+            kept[connector.pk] = ((connector.updated_at, connector.enabled), connector)
+    for delivery in deliveries:
+        entry = kept.get(delivery.connector_id) if delivery.connector_version else None
+        delivery.connector = entry[1] if entry else None
 
 
 def renew_leases(deliveries: list[Delivery], token: str, policy: RetryPolicy) -> None:

@@ -14,7 +14,14 @@ from typing import Any
 from django.db import connections, router, transaction
 from django.db.models import Field, Model
 
-from .models import Delivery, DeliveryAttempt, DeliverySource, DeliveryStatus, placeholders
+from .models import (
+    Connector,
+    Delivery,
+    DeliveryAttempt,
+    DeliverySource,
+    DeliveryStatus,
+    placeholders,
+)
 
 
 def _connection(model: type[Model]) -> Any:
@@ -142,11 +149,14 @@ def _fenced_update(
     return sql, [*params, *ids, token]
 
 
-def claim_due(token: str, now: Any, lease_expires_at: Any, limit: int) -> list[Any]:
-    """Lease up to `limit` due deliveries to `token`, oldest first; return their ids.
+def claim_due(token: str, now: Any, lease_expires_at: Any, limit: int) -> list[Delivery]:
+    """Lease up to `limit` due deliveries to `token`, oldest first, and return them.
 
     One statement: on PostgreSQL the due rows are locked with SKIP LOCKED, so that workers
     claim side by side; SQLite has one writer at a time, which serialises claims just as well.
+    It returns the claimed rows themselves, each with its connector's version
+    (`connector_version`: updated_at and enabled, or None) for the caller to check its own copy
+    of the connector against, so that a claim is one round trip.
     """
     conn = _connection(Delivery)
     qn = conn.ops.quote_name
@@ -164,10 +174,17 @@ def claim_due(token: str, now: Any, lease_expires_at: Any, limit: int) -> list[A
         which = f"{qn('id')} = ANY(ARRAY({due} FOR UPDATE SKIP LOCKED))"
     else:
         which = f"{qn('id')} IN ({due})"
+    connectors = qn(Connector._meta.db_table)
+    columns = ", ".join(f"{table}.{qn(f.column)}" for f in Delivery._meta.concrete_fields)
+    version = ", ".join(
+        f"(SELECT c.{qn(name)} FROM {connectors} c WHERE c.{qn('id')} = "  # noqa: S608
+        f"{table}.{qn('connector_id')}) AS {qn('connector_' + name)}"
+        for name in ("updated_at", "enabled")
+    )
     sql = (
         f"UPDATE {table} SET {qn('status')} = %s, {qn('lease_owner')} = %s, "  # noqa: S608
         f"{qn('lease_expires_at')} = %s, {qn('attempts')} = {qn('attempts')} + 1 "
-        f"WHERE {which} RETURNING {qn('id')}"
+        f"WHERE {which} RETURNING {columns}, {version}"
     )
     params = [
         DeliveryStatus.SENDING,
@@ -180,6 +197,15 @@ def claim_due(token: str, now: Any, lease_expires_at: Any, limit: int) -> list[A
         DeliverySource.TEST,
         limit,
     ]
-    with conn.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [row[0] for row in cursor.fetchall()]
+    # A raw queryset runs the statement and makes Delivery instances of its rows, each value
+    # read as its field reads it; the two extra columns become attributes.
+    claimed = list(Delivery.objects.using(conn.alias).raw(sql, params))
+    column = Connector._meta.get_field("updated_at").cached_col
+    converters = conn.ops.get_db_converters(column)  # SQLite's text into an aware datetime
+    for delivery in claimed:
+        updated_at, enabled = delivery.connector_updated_at, delivery.connector_enabled
+        for convert in converters:
+            updated_at = convert(updated_at, column, conn)
+        delivery.connector_version = None if updated_at is None else (updated_at, bool(enabled))
+    claimed.sort(key=lambda d: (d.next_attempt_at is None, d.next_attempt_at, d.created_at))
+    return claimed

@@ -227,6 +227,34 @@ def test_only_the_lease_holder_records_an_outcome(worker_mode, smtp, caplog):
     assert f"lost the lease on delivery {stolen.pk}" in caplog.text
 
 
+def test_a_claim_is_one_statement_while_the_thread_knows_the_connector(
+    worker_mode, smtp, django_assert_num_queries
+):
+    connector = connector_for(smtp)
+    policy = RetryPolicy.from_settings()
+    send_message("a@example.test", "SignIn", {"code": "1"})
+    with django_assert_num_queries(2):  # the claim, then the connector this thread lacks
+        (first,), _ = claim_batch("w1", policy, 10)
+    send_message("b@example.test", "SignIn", {"code": "1"})
+    with django_assert_num_queries(1):
+        (second,), _ = claim_batch("w1", policy, 10)
+    assert second.connector is first.connector and second.connector.pk == connector.pk
+    assert second.status == DeliveryStatus.SENDING and second.lease_owner.startswith("w1:")
+    assert second.attempts == 1 and second.to == "b@example.test"
+
+    # Any change to the row is seen on the next claim: a save, or a bare UPDATE of `enabled`.
+    connector.name = "Renamed"
+    connector.save()
+    send_message("c@example.test", "SignIn", {"code": "1"})
+    (third,), _ = claim_batch("w1", policy, 10)
+    assert third.connector.name == "Renamed"
+    type(connector).objects.filter(pk=connector.pk).update(enabled=False)
+    Delivery.objects.filter(pk=third.pk).update(status=DeliveryStatus.QUEUED, lease_owner="")
+    (again,), _ = claim_batch("w1", policy, 10)
+    assert again.pk == third.pk and again.connector.enabled is False
+    assert again.attempts == third.attempts + 1
+
+
 def test_outcomes_of_a_batch_are_recorded_with_their_own_replies(worker_mode, smtp):
     connector_for(smtp)
     for i in range(3):
