@@ -90,6 +90,7 @@ class SendWorker:
         flush_every: int = 10,
         flush_after: float = 0.05,
         threads: int = 1,
+        gather: float = 0.02,
     ) -> None:
         self.batch_size = batch_size
         self.flush_every = flush_every
@@ -97,6 +98,7 @@ class SendWorker:
         self.interval = interval
         self.recover_every = recover_every
         self.threads = max(1, threads)
+        self.gather = gather
         self.running = True
         self.sent = 0
         self._count = threading.Lock()
@@ -184,6 +186,10 @@ class SendWorker:
                     release(waiting, token, failed.next_attempt_at)
                 if batch:
                     idle_since = time.monotonic()
+                    if len(batch) < self.batch_size:
+                        # The queue is drained: let messages gather for a moment, so that the
+                        # next claim and its flush carry several of them rather than one each.
+                        time.sleep(self.gather)
                     continue
                 if max_idle is not None and time.monotonic() - idle_since >= max_idle:
                     return

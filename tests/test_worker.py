@@ -154,6 +154,14 @@ def test_worker_options_below_one_are_refused(option):
         call_command("send_worker", option, "0")
 
 
+@pytest.mark.parametrize("option", ["--gather", "--interval"])
+def test_negative_waits_are_refused(option):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="cannot be negative"):
+        call_command("send_worker", option, "-1")
+
+
 def test_sigterm_lets_both_threads_finish_their_batches(queued, sink):
     handler, _ = sink
     worker = start_worker("--threads", "2")
@@ -183,6 +191,38 @@ def test_a_transient_failure_is_retried_by_a_threaded_worker(outbox):
         first.refresh_from_db()
         assert first.status == DeliveryStatus.SENT, (first.status, first.error)
         assert first.attempts == 2
+
+
+@pytest.mark.parametrize("gather", [0.0, 1.0])
+def test_after_draining_the_queue_a_thread_lets_messages_gather(outbox, monkeypatch, gather):
+    """Messages trickling in 50 ms apart: claimed one by one, or together after a pause."""
+    batches: list[int] = []
+    real = outbox_module.claim_batch
+
+    def recording(*args: Any) -> Any:  # the real claim, its sizes noted
+        batch, token = real(*args)
+        if batch:
+            batches.append(len(batch))
+        return batch, token
+
+    monkeypatch.setattr(outbox_module, "claim_batch", recording)
+    with SmtpServer() as smtp:
+        connector_for(smtp)
+        worker = SendWorker(interval=0.01, gather=gather)
+        runner = threading.Thread(target=worker.run, kwargs={"max_idle": 1.5})
+        runner.start()
+        send_message("first@example.test", "SignIn", {"code": "1"})
+        wait_for(lambda: len(smtp.messages) == 1)
+        for i in range(4):
+            time.sleep(0.05)
+            send_message(f"later{i}@example.test", "SignIn", {"code": "1"})
+        wait_for(lambda: len(smtp.messages) == 5)
+        worker.stop()
+        runner.join()
+    if gather:
+        assert batches == [1, 4]
+    else:  # one by one, unless a slow machine let two meet
+        assert len(batches) >= 4 and sum(batches) == 5, batches
 
 
 def test_a_sending_thread_that_fails_stops_the_worker(outbox, monkeypatch):

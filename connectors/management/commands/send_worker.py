@@ -44,6 +44,13 @@ class Command(BaseCommand):
             "while one waits for a server, the others send",
         )
         parser.add_argument(
+            "--gather",
+            type=float,
+            default=0.02,
+            help="seconds a thread waits after a claim that drained the queue, so that the next "
+            "one carries several messages (default 0.02; 0: claim again at once)",
+        )
+        parser.add_argument(
             "--exit-when-idle",
             type=float,
             default=None,
@@ -58,11 +65,14 @@ class Command(BaseCommand):
         interval: float,
         flush_every: int,
         threads: int,
+        gather: float,
         exit_when_idle: float | None,
         **options: Any,
     ) -> None:
         if threads < 1 or batch_size < 1 or flush_every < 1:
             raise CommandError("--threads, --batch-size and --flush-every must be at least 1")
+        if gather < 0 or interval < 0:
+            raise CommandError("--gather and --interval cannot be negative")
         if threads > 1:
             # The threads spend their time waiting on sockets; when a reply arrives, the thread
             # that waited for it should get the interpreter back within a fraction of a
@@ -74,6 +84,7 @@ class Command(BaseCommand):
             interval=interval,
             flush_every=flush_every,
             threads=threads,
+            gather=gather,
             recover_every=settings.CONNECTORS_RECOVER_EVERY,
         )
         signal.signal(signal.SIGTERM, worker.stop)
