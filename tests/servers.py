@@ -220,6 +220,19 @@ class _Handler:
         scripted, reply = self.server._script.take(command)
         return reply if scripted else None
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.server.pipelining:  # aiosmtpd reads commands in turn, so it can take them
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_AUTH(
         self, server: SMTP, session: Session, envelope: Envelope, args: list[str]
     ) -> Any:
@@ -328,8 +341,10 @@ class SmtpServer:
         oauth_tokens: Mapping[str, str] | None = None,
         auth_require_tls: bool | None = None,
         smtputf8: bool = True,
+        pipelining: bool = False,
     ) -> None:
         self.tls = tls
+        self.pipelining = pipelining
         self.users = dict(users or {})
         self.oauth_tokens = dict(oauth_tokens or {})  # user -> the access token accepted
         self.messages: list[ReceivedMail] = []

@@ -67,9 +67,10 @@ def assert_secret_free(texts: list[str], *secrets: str) -> None:
         assert form not in joined
 
 
-@pytest.fixture
-def plain_server() -> Iterator[SmtpServer]:
-    with SmtpServer() as server:
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def plain_server(request: pytest.FixtureRequest) -> Iterator[SmtpServer]:
+    """A plain server, with and without PIPELINING: every test that uses it runs on both."""
+    with SmtpServer(pipelining=request.param) as server:
         yield server
 
 
@@ -94,6 +95,32 @@ def test_sends_over_plain_smtp(plain_server: SmtpServer) -> None:
     assert result.message_id == received.message["Message-ID"]
     assert result.elapsed_ms >= 0
     assert "C: <message, " in "\n".join(result.transcript)
+
+
+def test_with_pipelining_the_envelope_and_data_go_in_one_write() -> None:
+    with SmtpServer(pipelining=True) as server:
+        config = server.config()
+        dotted = render_message(
+            config,
+            {**TEMPLATE, "contentType": "text/plain", "content": "Code {{code}}\n.\n..dots"},
+            "ada@example.test",
+            PAYLOAD,
+        )
+        with SmtpTransport(config) as transport:
+            result = transport.send(dotted, to_type="SignIn", payload=PAYLOAD)
+        [received] = server.messages
+
+    sent = [line for line in result.transcript if not line.startswith("S: 250-")]
+    start = sent.index("C: mail from:<no-reply@acme.test>")
+    assert sent[start : start + 6] == [
+        "C: mail from:<no-reply@acme.test>",
+        "C: rcpt to:<ada@example.test>",
+        "C: data",
+        "S: 250 2.1.0 Ok",
+        "S: 250 2.1.5 Ok",
+        "S: 354 End data with <CR><LF>.<CR><LF>",
+    ]
+    assert received.message.get_content().splitlines() == ["Code 123456", ".", "..dots"]
 
 
 def test_headers_arrive_as_rendered(plain_server: SmtpServer) -> None:

@@ -16,6 +16,7 @@ import email.utils
 import hmac
 import ipaddress
 import logging
+import re
 import smtplib
 import socket
 import ssl
@@ -81,6 +82,7 @@ def default_client_name() -> str:
     return f"[{name}]"
 
 
+LEADING_DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2)
 FRESH_SECONDS = 2.0  # a kept connection used this recently is reused without a NOOP
 
 
@@ -314,6 +316,16 @@ class _Connection(smtplib.SMTP):
                 raise SendTimeLimit(self.phase) from exc
             raise
 
+    def pipeline(self, commands: list[str]) -> None:
+        """Send several commands in one write (PIPELINING), each in the transcript."""
+        self.transcript.extend("C: " + command for command in commands)
+        try:
+            smtplib.SMTP.send(self, "".join(command + "\r\n" for command in commands))
+        except smtplib.SMTPServerDisconnected as exc:
+            if self.past_deadline():
+                raise SendTimeLimit(self.phase) from exc
+            raise
+
     def _redacted(self, line: str) -> str:
         if not self.redacting:
             return line
@@ -336,6 +348,14 @@ class _Connection(smtplib.SMTP):
         for number, line in enumerate(lines, start=1):
             self.transcript.append(f"S: {code}{'-' if number < len(lines) else ' '}{line}")
         return code, reply
+
+
+def _message_data(message: bytes) -> bytes:
+    """Return a message as DATA sends it: leading dots doubled, ended by CRLF.CRLF (as smtplib)."""
+    quoted = LEADING_DOT.sub(b"..", message)
+    if not quoted.endswith(b"\r\n"):
+        quoted += b"\r\n"
+    return quoted + b".\r\n"
 
 
 def envelope_address(value: str) -> str:
@@ -611,6 +631,8 @@ class SmtpTransport(Transport):
                     "the server does not take addresses with non-ASCII characters (no SMTPUTF8)"
                 )
             options = ["SMTPUTF8", "BODY=8BITMIME"]
+        if conn.has_extn("pipelining"):
+            return self._deliver_pipelined(conn, data, sender, recipient, options)
         conn.phase = "mail"
         code, reply = conn.mail(sender, options)
         if code != 250:
@@ -625,6 +647,45 @@ class SmtpTransport(Transport):
             raise smtplib.SMTPResponseException(code, reply)
         conn.phase = "ready"
         return f"{code} {_text(reply)}"
+
+    def _deliver_pipelined(
+        self, conn: _Connection, data: bytes, sender: str, recipient: str, options: list[str]
+    ) -> str:
+        """Send MAIL, RCPT and DATA in one write and read their replies in order (RFC 2920).
+
+        Two round trips per message instead of four: against a server 50 ms away, a thread
+        sends twice as many messages a second. Every reply is read, whatever went wrong, so
+        that the connection stays in step and can be reset and kept.
+        """
+        if "SMTPUTF8" in options:
+            conn.command_encoding = "utf-8"  # as smtplib's mail() does
+        extra = "".join(" " + option for option in options)
+        # Spelt as smtplib spells them, so that the transcript reads the same either way.
+        conn.pipeline([f"mail from:<{sender}>{extra}", f"rcpt to:<{recipient}>", "data"])
+        conn.phase = "mail"
+        mail = conn.getreply()
+        conn.phase = "rcpt"
+        rcpt = conn.getreply()
+        conn.phase = "data"
+        data_reply = conn.getreply()
+        if mail[0] == 250 and rcpt[0] in (250, 251) and data_reply[0] == 354:
+            conn.send(_message_data(data))
+            code, reply = conn.getreply()
+            if code != 250:
+                raise smtplib.SMTPResponseException(code, reply)
+            conn.phase = "ready"
+            return f"{code} {_text(reply)}"
+        if data_reply[0] == 354:
+            # The server took DATA with no valid recipient: an empty message ends it.
+            conn.send(b".\r\n")
+            conn.getreply()
+        if mail[0] != 250:
+            conn.phase = "mail"
+            raise smtplib.SMTPResponseException(*mail)
+        if rcpt[0] not in (250, 251):
+            conn.phase = "rcpt"
+            raise smtplib.SMTPResponseException(*rcpt)
+        raise smtplib.SMTPDataError(*data_reply)
 
     def _failure(self, exc: BaseException, conn: _Connection) -> TransportError:
         """Return the TransportError for a failed send, keeping the connection only if sound."""
