@@ -408,6 +408,12 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def machine_ticks() -> tuple[int, int]:
+    """Return the machine's CPU ticks so far, in all and stolen by the hypervisor (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields[:8]), fields[7]  # user nice system idle iowait irq softirq steal
+
+
 # The production servers the bench can run; each serves console.wsgi on 127.0.0.1:PORT.
 SERVERS = ("gunicorn", "granian")
 
@@ -526,11 +532,13 @@ def run_one(
             "sink": {sink.process.pid},
         }
         load_before = os.getloadavg()[0]
+        ticks_before = machine_ticks()
         cpu_before = cpu_by_group(groups, database)
         started = time.time()
         result = load("/api/v1/messages", args.seconds, post=True)
         load_ended = time.time()
         cpu_during = cpu_by_group(groups, database)
+        ticks_after = machine_ticks()
         load_after = os.getloadavg()[0]
         accepted = count_accepted() - already
         delivered_at_end = sink.count()
@@ -542,8 +550,10 @@ def run_one(
     finally:
         stop([server])
 
+    total, stolen = (after - before for before, after in zip(ticks_before, ticks_after))
     print(
-        f"load average before / after the load: {load_before:.1f} / {load_after:.1f} "
+        f"load average before / after the load: {load_before:.1f} / {load_after:.1f}; "
+        f"CPU time the hypervisor gave to others during it: {100 * stolen / max(1, total):.0f} % "
         "(other work on the machine shows here)"
     )
     show("baseline GET /healthz         ", baseline)
