@@ -550,7 +550,7 @@ def run_one(
     finally:
         stop([server])
 
-    total, stolen = (after - before for before, after in zip(ticks_before, ticks_after))
+    total, stolen = (b - a for a, b in zip(ticks_before, ticks_after, strict=True))
     print(
         f"load average before / after the load: {load_before:.1f} / {load_after:.1f}; "
         f"CPU time the hypervisor gave to others during it: {100 * stolen / max(1, total):.0f} % "
