@@ -408,6 +408,20 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def database_commits() -> int:
+    """Return the transactions committed so far in this database (pg_stat_database)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+        (count,) = cursor.fetchone()
+    connection.close()
+    return int(count)
+
+
 def machine_ticks() -> tuple[int, int]:
     """Return the machine's CPU ticks so far, in all and stolen by the hypervisor (/proc/stat)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -533,12 +547,14 @@ def run_one(
         }
         load_before = os.getloadavg()[0]
         ticks_before = machine_ticks()
+        commits_before = database_commits()
         cpu_before = cpu_by_group(groups, database)
         started = time.time()
         result = load("/api/v1/messages", args.seconds, post=True)
         load_ended = time.time()
         cpu_during = cpu_by_group(groups, database)
         ticks_after = machine_ticks()
+        commits = database_commits() - commits_before
         load_after = os.getloadavg()[0]
         accepted = count_accepted() - already
         delivered_at_end = sink.count()
@@ -571,7 +587,8 @@ def run_one(
     print(
         "CPU while the load ran, ms per accepted request: "
         + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
-        + f"; in all {sum(cpu.values()):.2f}"
+        + f"; in all {sum(cpu.values()):.2f}; "
+        f"PostgreSQL transactions per accepted request: {commits / max(1, accepted):.2f}"
     )
     rate_during = delivered_at_end / (load_ended - started)
     keeping_up = rate_during >= 0.95 * result.rate
