@@ -121,11 +121,12 @@ def baseline_persistent_smtplib(port: int, n: int) -> float:
 
 def ceiling(sink: SinkProcess, n: int) -> tuple[float, float, float]:
     """Return baseline A's messages/s and its CPU ms per message: smtplib's, the sink's."""
-    sink_cpu = cpu_by_group({"sink": {sink.process.pid}}, "-")["sink"]
+    sink_group = {"sink": {sink.process.pid}}
+    sink_before = cpu_by_group(sink_group, "-")
     own_cpu = time.process_time()
     rate = baseline_persistent_smtplib(sink.port, n)
     own_cpu = (time.process_time() - own_cpu) / n * 1000
-    sink_cpu = (cpu_by_group({"sink": {sink.process.pid}}, "-")["sink"] - sink_cpu) / n * 1000
+    sink_cpu = cpu_used(sink_before, cpu_by_group(sink_group, "-"))["sink"] / n * 1000
     return rate, own_cpu, sink_cpu
 
 
@@ -192,11 +193,11 @@ def drop_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{database_name(url)}" WITH (FORCE)')
 
 
-def cpu_by_group(groups: dict[str, set[int]], database: str) -> dict[str, float]:
-    """Return CPU seconds used so far by each group of processes (and their children).
+def cpu_by_group(groups: dict[str, set[int]], database: str) -> dict[str, dict[int, float]]:
+    """Return CPU seconds used so far by each process of each group (and their children).
 
     PostgreSQL is counted as the backends serving the benchmark's database, which name it in
-    their process title. Linux only (/proc).
+    their process title. Linux only (/proc). Compare two readings with cpu_used().
     """
     ticks = os.sysconf("SC_CLK_TCK")
     table: dict[int, tuple[int, float, str]] = {}  # pid -> (parent, cpu seconds, command)
@@ -209,14 +210,29 @@ def cpu_by_group(groups: dict[str, set[int]], database: str) -> dict[str, float]
         except OSError:
             continue
         table[int(entry.name)] = (int(stat[1]), (int(stat[11]) + int(stat[12])) / ticks, command)
-    used = dict.fromkeys(groups, 0.0)
+    used: dict[str, dict[int, float]] = {name: {} for name in [*groups, "postgres"]}
     for pid, (parent, seconds, command) in table.items():
         for name, roots in groups.items():
             if pid in roots or parent in roots:
-                used[name] += seconds
+                used[name][pid] = seconds
         if command.startswith("postgres: ") and f" {database} " in command:
-            used["postgres"] = used.get("postgres", 0.0) + seconds
+            used["postgres"][pid] = seconds
     return used
+
+
+def cpu_used(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+) -> dict[str, float]:
+    """Return the CPU seconds each group used between two readings of cpu_by_group().
+
+    Per process, so that one that ended in between (a database connection closed when it grew
+    old, say) takes nothing away; what it used after the first reading is lost, a process
+    started in between counts in full.
+    """
+    return {
+        name: sum(seconds - before[name].get(pid, 0.0) for pid, seconds in pids.items())
+        for name, pids in after.items()
+    }
 
 
 def start_workers(count: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
@@ -334,8 +350,7 @@ def run_ours(
         cpu = {"send_message": used}
     else:
         cpu = {"send_message": time.process_time() - own_before}
-    cpu_after = cpu_by_group(groups, database)
-    cpu.update({k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after})
+    cpu.update(cpu_used(cpu_before, cpu_by_group(groups, database)))
     stop_workers(procs)
     per_message = {k: v / len(accepted) * 1000 for k, v in cpu.items()}
     return len(accepted) / (last - start), accept_rate, per_message
