@@ -304,6 +304,7 @@ class _Share:
     window: int = -1
     pending: int = 0  # requests counted here and not yet added to the token's row
     known: int = 0  # the row's count in `window` as this process last read it
+    inflight: int = 0  # requests being added by writes not yet answered (other threads')
     written: float = -math.inf  # time.monotonic() of this process's last write
 
 
@@ -345,30 +346,26 @@ def _count(caller: Caller, new: int, exact: bool) -> bool:
         if share.window != current:
             share.window, share.pending, share.known = current, 0, 0
         share.pending += new
+        unconfirmed = share.pending + share.inflight
         if not (
             exact
-            or share.pending >= batch
+            or unconfirmed >= batch
             or tick - share.written >= WRITE_EVERY
-            or (limit and 2 * (share.known + share.pending) > limit)
+            or (limit and 2 * (share.known + unconfirmed) > limit)
         ):
             return False
         adding, share.pending, share.written = share.pending, 0, tick
-    ops = connection.ops
-    cursor: Any
-    with connection.cursor() as cursor:
-        cursor.execute(
-            admit_sql(connection.alias),
-            [
-                current,
-                adding,
-                adding,
-                current,
-                ops.adapt_datetimefield_value(now - LAST_USED_EVERY),
-                ops.adapt_datetimefield_value(now),
-                caller.token_id,
-            ],
-        )
-        row = cursor.fetchone()
+        share.inflight += adding
+    try:
+        row = _write_count(caller, current, adding, now)
+    except BaseException:
+        with _shares_lock:
+            if share.window == current:
+                share.pending += adding  # for the next write to add
+        raise
+    finally:
+        with _shares_lock:
+            share.inflight -= adding
     if row is None:
         _callers.clear()
         raise invalid_token()
@@ -387,8 +384,30 @@ def _count(caller: Caller, new: int, exact: bool) -> bool:
     return True
 
 
+def _write_count(caller: Caller, window: int, adding: int, now: datetime) -> Any:
+    """Add `adding` requests to the token's count in `window`; return (count,), None if revoked."""
+    ops = connection.ops
+    # Relaxed only in a transaction of its own: it would relax the caller's commit too.
+    sql = admit_sql(connection.alias, relaxed=not connection.in_atomic_block)
+    cursor: Any
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            [
+                window,
+                adding,
+                adding,
+                window,
+                ops.adapt_datetimefield_value(now - LAST_USED_EVERY),
+                ops.adapt_datetimefield_value(now),
+                caller.token_id,
+            ],
+        )
+        return cursor.fetchone()
+
+
 @functools.cache
-def admit_sql(alias: str) -> str:
+def admit_sql(alias: str, *, relaxed: bool) -> str:
     """Return admit()'s statement for a database (built once: it is the same every time)."""
     conn = connections[alias]
     table = conn.ops.quote_name(ApiToken._meta.db_table)
@@ -402,7 +421,7 @@ def admit_sql(alias: str) -> str:
         "THEN %s ELSE last_used_at END "
     )
     where = "WHERE id = %s AND revoked_at IS NULL RETURNING rate_count"
-    if conn.vendor == "postgresql":
+    if relaxed and conn.vendor == "postgresql":
         # The count is advisory, so its commit does not wait for the disk (for this statement's
         # transaction only): the row lock that orders concurrent requests is held for
         # microseconds, not for a flush. A crash of the database server may forget the last

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import F
 from django.test import Client
 from django.utils import timezone
 
 from connectors import api, schema
-from connectors.api import Caller, admit, forget_callers
+from connectors.api import Caller, admit, forget_callers, settle
 from connectors.delivery import close_transports
 from connectors.models import ApiToken, Connector, Delivery, DeliveryStatus
 from connectors.tokens import hash_token, issue_token
@@ -612,6 +612,63 @@ def test_past_half_its_limit_every_request_is_counted(client, connector, token, 
     assert not Delivery.objects.filter(to="over@example.test").exists()
 
 
+def own_caller() -> Caller:
+    row = ApiToken.objects.get()
+    return Caller(token_id=row.pk, prefix=row.prefix, connectors=None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_counts_of_a_write_that_failed_are_added_by_the_next(token, large_limit):
+    caller = own_caller()
+    assert admit(caller) is True  # a process's first request writes
+    assert not any(admit(caller) for _ in range(10))  # counted here only
+    with database_unreachable(), pytest.raises(OperationalError):
+        settle(caller)
+    settle(caller)
+    assert row_count() == 11
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="holds a row lock from a second session; PG pass"
+)
+@pytest.mark.django_db(transaction=True)
+def test_while_one_thread_writes_a_batch_the_others_write_theirs(token, large_limit):
+    caller = own_caller()
+    admit(caller)
+    for _ in range(49):
+        admit(caller)  # 49 waiting to be written
+    import psycopg
+
+    db = connection.settings_dict
+    blocker = psycopg.connect(
+        dbname=db["NAME"], host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"]
+    )
+    blocker.execute("SELECT 1 FROM connectors_apitoken WHERE id = %s FOR UPDATE", [caller.token_id])
+    answers: list[bool] = []
+
+    def request() -> None:
+        try:
+            answers.append(admit(caller))
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=request)
+    first.start()  # the 50th: writes 50, and waits for the lock
+    time.sleep(0.3)
+    second = threading.Thread(target=request)
+    second.start()  # 50 not yet on the row: this one writes too rather than counting on
+    second.join(0.5)
+    try:
+        assert first.is_alive() and second.is_alive()  # both waiting on the row
+    finally:
+        blocker.rollback()
+        blocker.close()
+        first.join(10)
+        second.join(10)
+    assert answers == [True, True]
+    assert row_count() == 52
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -666,12 +723,26 @@ def test_token_count_alone_commits_without_waiting_for_the_disk(transactional_db
             cursor.execute("SHOW synchronous_commit")
             return cursor.fetchone()[0]
 
+    statements: list[tuple[str, Any]] = []
+
+    def keep(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        statements.append((sql, params))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(keep):
+        admit(caller, exact=True)  # a transaction of its own (the API's views are not atomic)
+    [(sql, params)] = statements
+    assert commit_mode() == "on"  # after it, a delivery's commit waits for the disk
     with transaction.atomic():
-        admit(caller, exact=True)
-        assert commit_mode() == "off"  # the count's own transaction
-    assert commit_mode() == "on"  # and nothing after it: a delivery's commit waits for the disk
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)  # the same statement, in a transaction we can look into
+        assert commit_mode() == "off"
     token.refresh_from_db()
-    assert token.rate_count == 1
+    assert token.rate_count == 2
+
+    with transaction.atomic():  # called inside someone else's transaction: theirs stays strict
+        admit(caller, exact=True)
+        assert commit_mode() == "on"
 
 
 def test_recipient_rate_limit_is_429_with_retry_after(client, connector, token, settings):

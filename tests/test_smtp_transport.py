@@ -123,6 +123,74 @@ def test_with_pipelining_the_envelope_and_data_go_in_one_write() -> None:
     assert received.message.get_content().splitlines() == ["Code 123456", ".", "..dots"]
 
 
+def scripted_smtp(pipelining: bool, received: list[bytes], refuse_mail: bytes = b""):
+    """A hand-written server: refuses MAIL with `refuse_mail` and hangs up, if given; refuses
+    RCPT to bad@…; and, unlike a careful server, answers DATA with 354 even with no recipient."""
+
+    def talk(conn: socket.socket, stop: Any) -> None:
+        conn.sendall(b"220 odd.test ESMTP\r\n")
+        lines = conn.makefile("rb")
+        recipients = 0
+        for line in lines:
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                offer = b"250-PIPELINING\r\n" if pipelining else b""
+                conn.sendall(b"250-odd.test\r\n" + offer + b"250 8BITMIME\r\n")
+            elif verb == b"MAIL" and refuse_mail:
+                conn.sendall(refuse_mail)
+                conn.shutdown(socket.SHUT_RDWR)
+                return
+            elif verb == b"RCPT" and b"bad@" in line:
+                conn.sendall(b"550 5.1.1 no such user\r\n")
+            elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
+                recipients += verb == b"RCPT"
+                recipients *= verb != b"MAIL"
+                conn.sendall(b"250 ok\r\n")
+            elif verb == b"DATA":
+                conn.sendall(b"354 go ahead\r\n")
+                body = b"".join(iter(lambda: lines.readline(), b".\r\n"))
+                received.append(body)
+                conn.sendall(b"250 queued\r\n" if recipients else b"554 no valid recipients\r\n")
+            elif verb == b"QUIT":
+                conn.sendall(b"221 bye\r\n")
+                return
+
+    return talk
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
+@pytest.mark.parametrize(
+    ("reply", "permanent", "code", "hint"),
+    [
+        (b"554 5.7.1 sender blocked\r\n", True, 554, "`fromEmail`"),
+        (b"421 4.7.0 busy, closing\r\n", False, 421, "a later attempt may pass"),
+    ],
+)
+def test_a_refused_sender_then_a_hang_up_is_the_refusal(
+    pipelining, reply, permanent, code, hint
+) -> None:
+    with raw_server(scripted_smtp(pipelining, [], refuse_mail=reply)) as (host, port):
+        config = {"host": host, "port": port, "fromEmail": "no-reply@acme.test", "ignoreTLS": True}
+        error = send_error(config)
+
+    assert (error.permanent, error.code) == (permanent, code), str(error)
+    assert reply[4:].decode().strip() in str(error) and hint in error.hint
+
+
+def test_a_data_taken_after_a_refused_recipient_is_ended_and_the_connection_kept() -> None:
+    received: list[bytes] = []
+    with raw_server(scripted_smtp(True, received)) as (host, port):
+        config = {"host": host, "port": port, "fromEmail": "no-reply@acme.test", "ignoreTLS": True}
+        with SmtpTransport(config) as transport:
+            with pytest.raises(TransportError) as refused:
+                transport.send(message(config, to="bad@example.test"), payload={})
+            transport.send(message(config, to="ok@example.test"), payload={})
+
+    assert (refused.value.permanent, refused.value.code) == (True, 550)
+    assert received[0] == b""  # the empty message that ended the refused one's DATA
+    assert b"Your code is" in received[1]
+
+
 def test_headers_arrive_as_rendered(plain_server: SmtpServer) -> None:
     config = plain_server.config(
         fromEmail="Acmé Støre <no-reply@acme.test>",

@@ -82,6 +82,8 @@ def default_client_name() -> str:
     return f"[{name}]"
 
 
+# The pipelined commands' steps, and the replies that let the message go on.
+PIPELINED = (("mail", (250,)), ("rcpt", (250, 251)), ("data", (354,)))
 LEADING_DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2)
 FRESH_SECONDS = 2.0  # a kept connection used this recently is reused without a NOOP
 
@@ -318,6 +320,8 @@ class _Connection(smtplib.SMTP):
 
     def pipeline(self, commands: list[str]) -> None:
         """Send several commands in one write (PIPELINING), each in the transcript."""
+        if any("\r" in command or "\n" in command for command in commands):
+            raise ValueError("a command may not hold a line break")  # as smtplib's putcmd()
         self.transcript.extend("C: " + command for command in commands)
         try:
             smtplib.SMTP.send(self, "".join(command + "\r\n" for command in commands))
@@ -348,6 +352,14 @@ class _Connection(smtplib.SMTP):
         for number, line in enumerate(lines, start=1):
             self.transcript.append(f"S: {code}{'-' if number < len(lines) else ' '}{line}")
         return code, reply
+
+
+def _refusal(replies: list[tuple[int, bytes]]) -> tuple[str, tuple[int, bytes]] | None:
+    """Return the first pipelined reply that stops the message, with its step; None if none."""
+    for (step, accepted), reply in zip(PIPELINED, replies, strict=False):
+        if reply[0] not in accepted:
+            return step, reply
+    return None
 
 
 def _message_data(message: bytes) -> bytes:
@@ -660,32 +672,35 @@ class SmtpTransport(Transport):
         if "SMTPUTF8" in options:
             conn.command_encoding = "utf-8"  # as smtplib's mail() does
         extra = "".join(" " + option for option in options)
+        conn.phase = "mail"
         # Spelt as smtplib spells them, so that the transcript reads the same either way.
         conn.pipeline([f"mail from:<{sender}>{extra}", f"rcpt to:<{recipient}>", "data"])
-        conn.phase = "mail"
-        mail = conn.getreply()
-        conn.phase = "rcpt"
-        rcpt = conn.getreply()
-        conn.phase = "data"
-        data_reply = conn.getreply()
-        if mail[0] == 250 and rcpt[0] in (250, 251) and data_reply[0] == 354:
-            conn.send(_message_data(data))
-            code, reply = conn.getreply()
-            if code != 250:
-                raise smtplib.SMTPResponseException(code, reply)
-            conn.phase = "ready"
-            return f"{code} {_text(reply)}"
-        if data_reply[0] == 354:
-            # The server took DATA with no valid recipient: an empty message ends it.
-            conn.send(b".\r\n")
-            conn.getreply()
-        if mail[0] != 250:
-            conn.phase = "mail"
-            raise smtplib.SMTPResponseException(*mail)
-        if rcpt[0] not in (250, 251):
-            conn.phase = "rcpt"
-            raise smtplib.SMTPResponseException(*rcpt)
-        raise smtplib.SMTPDataError(*data_reply)
+        replies: list[tuple[int, bytes]] = []
+        for phase, _ in PIPELINED:
+            conn.phase = phase
+            try:
+                replies.append(conn.getreply())
+            except smtplib.SMTPServerDisconnected:
+                # A server may refuse and then hang up (a 421 does): that refusal is the answer.
+                if (refused := _refusal(replies)) is None:
+                    raise
+                break
+        else:
+            if (refused := _refusal(replies)) is None:
+                conn.send(_message_data(data))
+                code, reply = conn.getreply()
+                if code != 250:
+                    raise smtplib.SMTPResponseException(code, reply)
+                conn.phase = "ready"
+                return f"{code} {_text(reply)}"
+            if replies[2][0] == 354:
+                # DATA was taken although the envelope was refused: an empty message ends it.
+                conn.send(b".\r\n")
+                conn.getreply()
+        step, (code, text) = refused
+        conn.phase = step
+        error = smtplib.SMTPDataError if step == "data" else smtplib.SMTPResponseException
+        raise error(code, text)
 
     def _failure(self, exc: BaseException, conn: _Connection) -> TransportError:
         """Return the TransportError for a failed send, keeping the connection only if sound."""
