@@ -191,6 +191,19 @@ def test_a_data_taken_after_a_refused_recipient_is_ended_and_the_connection_kept
     assert b"Your code is" in received[1]
 
 
+def test_a_pipelined_command_with_a_line_break_is_refused_before_it_is_written() -> None:
+    with SmtpServer(pipelining=True) as server:
+        config = server.config()
+        with SmtpTransport(config) as transport:
+            transport.send(message(config), to_type="SignIn", payload=PAYLOAD)  # connected
+            conn = transport._connection
+            assert conn is not None
+            with pytest.raises(ValueError, match="line break"):
+                conn.pipeline(["mail from:<a@acme.test>\r\nrcpt to:<b@example.test>", "data"])
+            transport.send(message(config), to_type="SignIn", payload=PAYLOAD)  # still in step
+        assert len(server.messages) == 2
+
+
 def test_headers_arrive_as_rendered(plain_server: SmtpServer) -> None:
     config = plain_server.config(
         fromEmail="Acmé Støre <no-reply@acme.test>",
